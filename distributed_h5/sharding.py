@@ -1,0 +1,156 @@
+"""Which sample indices each rank reads, batch by batch: a pure function of its arguments.
+
+Nothing here opens a file or imports TensorFlow or Horovod, so every rule of the data
+order can be tested in one process without MPI.
+
+The rules:
+
+* **Split.** All ``sample_count`` indices are permuted with ``seed``; the first
+  ``int((1 - validation_ratio) * sample_count)`` are training, the rest validation.
+  The split never changes between epochs and does not depend on the number of ranks.
+* **Training order.** Every epoch permutes the training indices with ``(seed, epoch)``,
+  identically on every rank.
+* **Scale-invariant sharding.** Global step ``i`` covers positions ``[i*B, (i+1)*B)``
+  of that order, with ``B = batch_size * size``; rank ``r`` takes the ``r``-th slice of
+  ``batch_size`` positions. So the union of all ranks' ``i``-th batches is exactly the
+  ``i``-th batch one process reads with batch size ``B``, whatever ``size`` is.
+* **Equal steps.** Every rank gets the same number of training batches, because Horovod's
+  allreduce hangs when one rank runs a step the others do not. The remainder is either
+  padded by wrapping around to the start of the order (``"pad"``, as PyTorch's
+  DistributedSampler does) or dropped (``"drop"``).
+* **Validation** needs no collective per step, so it is never padded: each rank takes a
+  contiguous, balanced share (sizes differ by at most one) and its last batch may be short.
+  Metrics combined from sums and counts across ranks then equal one process's exactly.
+* Every batch is sorted ascending, the order HDF5 reads best.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+REMAINDER_POLICIES = ("pad", "drop")
+SUBSETS = ("train", "validation")
+
+
+class Split(NamedTuple):
+    """Training and validation indices, each sorted ascending."""
+
+    train: np.ndarray
+    validation: np.ndarray
+
+
+def check_rank(rank: int, size: int) -> None:
+    """Raise ValueError unless ``size >= 1`` and ``0 <= rank < size``."""
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be an integer >= 1. Received: size={size!r}")
+    if not isinstance(rank, (int, np.integer)) or not 0 <= rank < size:
+        raise ValueError(f"rank must be an integer in [0, {size - 1}] for size={size}. Received: rank={rank!r}")
+
+
+def _check_positive(name: str, value) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+
+
+def split(sample_count: int, validation_ratio: float, seed: int) -> Split:
+    """Split ``range(sample_count)`` into training and validation indices.
+
+    Example:
+        >>> split(10, 0.3, seed=0).train.size, split(10, 0.3, seed=0).validation.size
+        (7, 3)
+    """
+    _check_positive("sample_count", sample_count)
+    if not 0.0 <= validation_ratio < 1.0:
+        raise ValueError(f"validation_ratio must be in [0, 1). Received: validation_ratio={validation_ratio!r}")
+    permuted = np.random.default_rng(seed).permutation(sample_count)
+    train_count = int((1 - validation_ratio) * sample_count)
+    return Split(np.sort(permuted[:train_count]), np.sort(permuted[train_count:]))
+
+
+def epoch_order(train: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The training indices in the order of ``epoch``: a permutation seeded by ``(seed, epoch)``."""
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0. Received: epoch={epoch!r}")
+    return train[np.random.default_rng((seed, epoch)).permutation(train.size)]
+
+
+def train_batches(
+    order: np.ndarray, *, rank: int, size: int, batch_size: int, remainder: str = "pad"
+) -> np.ndarray:
+    """This rank's training batches from an epoch's ``order``, as a (steps, batch_size) array.
+
+    Each row is sorted. ``steps`` is the same on every rank.
+    """
+    check_rank(rank, size)
+    _check_positive("batch_size", batch_size)
+    if remainder not in REMAINDER_POLICIES:
+        raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}. Received: remainder={remainder!r}")
+    global_batch = batch_size * size
+    if remainder == "pad":
+        steps = -(-order.size // global_batch)
+        # np.resize repeats the order from its start, so even an order shorter than one
+        # global batch fills it (PyTorch's DistributedSampler pads the same way).
+        order = np.resize(order, steps * global_batch)
+    else:
+        steps = order.size // global_batch
+        order = order[: steps * global_batch]
+    if steps == 0:
+        raise ValueError(
+            f"the training subset has {order.size} samples, fewer than one global batch of "
+            f"batch_size * size = {batch_size} * {size} = {global_batch}, so remainder='drop' leaves "
+            "no step. Use remainder='pad', a smaller batch_size, or fewer ranks."
+        )
+    batches = order.reshape(steps, size, batch_size)[:, rank, :]
+    return np.sort(batches, axis=1)
+
+
+def validation_batches(validation: np.ndarray, *, rank: int, size: int, batch_size: int) -> list[np.ndarray]:
+    """This rank's validation batches: a contiguous balanced share of ``validation``, unpadded."""
+    check_rank(rank, size)
+    _check_positive("batch_size", batch_size)
+    if validation.size < size:
+        raise ValueError(
+            f"the validation subset has {validation.size} samples, fewer than size={size} ranks, "
+            "so some rank would have none. Raise validation_ratio or use fewer ranks."
+        )
+    share = np.array_split(validation, size)[rank]
+    return [np.sort(share[start : start + batch_size]) for start in range(0, share.size, batch_size)]
+
+
+def shard(
+    sample_count: int,
+    *,
+    subset: str = "train",
+    validation_ratio: float = 0.3,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    size: int = 1,
+    batch_size: int = 32,
+    remainder: str = "pad",
+) -> list[np.ndarray]:
+    """The sorted index batches rank ``rank`` of ``size`` reads in ``epoch`` of ``subset``.
+
+    Training batches all have ``batch_size`` rows and every rank gets the same count;
+    validation batches are unpadded (see the module docstring). ``epoch`` and ``remainder``
+    only affect training.
+
+    Example:
+        >>> [b.tolist() for b in shard(10, validation_ratio=0.2, seed=1, rank=1, size=2, batch_size=2)]
+        [[1, 5], [4, 9]]
+    """
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}. Received: subset={subset!r}")
+    parts = split(sample_count, validation_ratio, seed)
+    indices = getattr(parts, subset)
+    if indices.size == 0:
+        raise ValueError(
+            f"the {subset} subset of sample_count={sample_count} with validation_ratio={validation_ratio} "
+            "is empty. Change validation_ratio."
+        )
+    if subset == "validation":
+        return validation_batches(indices, rank=rank, size=size, batch_size=batch_size)
+    order = epoch_order(indices, seed, epoch)
+    return list(train_batches(order, rank=rank, size=size, batch_size=batch_size, remainder=remainder))
