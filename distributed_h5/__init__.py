@@ -1,1 +1,25 @@
-"""distributed_h5"""
+"""Train video classifiers on HDF5 files larger than memory, on many GPUs with Horovod.
+
+The public API: :class:`ShardedSequence`, :func:`train_model`, :class:`DatasetError`,
+:func:`describe`, :func:`make_synthetic`; the data order lives in :mod:`distributed_h5.sharding`.
+"""
+
+from .dataset import DatasetError, DatasetInfo, describe
+from .synthetic import make_synthetic
+
+__version__ = "0.1.0"
+__all__ = ["DatasetError", "DatasetInfo", "ShardedSequence", "describe", "make_synthetic", "train_model"]
+
+
+def __getattr__(name):
+    # These import Keras (and TensorFlow); load them only when asked for, so that
+    # `distributed-h5 inspect` and the pure modules start fast.
+    if name == "ShardedSequence":
+        from .sequence import ShardedSequence
+
+        return ShardedSequence
+    if name == "train_model":
+        from .training import train_model
+
+        return train_model
+    raise AttributeError(f"module 'distributed_h5' has no attribute {name!r}")

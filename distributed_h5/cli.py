@@ -1,0 +1,159 @@
+"""``distributed-h5``: the command line, a thin layer over the Python API.
+
+A user mistake (bad file, bad argument) prints one line to stderr and exits with
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .dataset import DatasetError
+
+EXIT_USAGE = 2
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distributed-h5", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    make = commands.add_parser("make-synthetic", help="write a learnable synthetic video dataset")
+    make.add_argument("out", help="output HDF5 file")
+    make.add_argument("--samples", type=_positive, required=True, help="clips to write")
+    make.add_argument("--frames", type=_positive, default=16)
+    make.add_argument("--channels", type=_positive, default=3)
+    make.add_argument("--size", type=_positive, nargs=2, default=(64, 64), metavar=("H", "W"))
+    make.add_argument("--classes", type=_positive, default=4)
+    make.add_argument("--chunks", choices=("clip", "none"), default="clip", help="one clip per chunk, or contiguous")
+    make.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none")
+    make.add_argument("--sample-count", type=_positive, help="the sample_count attribute (default: --samples)")
+    make.add_argument("--seed", type=int, default=0)
+
+    inspect = commands.add_parser("inspect", help="print a dataset's layout, or why it is invalid")
+    inspect.add_argument("file")
+
+    train = commands.add_parser("train", help="train a video classifier (run under horovodrun, mpirun or srun)")
+    train.add_argument("file")
+    train.add_argument("--epochs", type=_positive, default=10)
+    train.add_argument("--batch-size", type=_positive, default=32, help="clips per step on each rank")
+    train.add_argument("--validation-ratio", type=float, default=0.3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--model", default="video",
+                       help="'video' for the reference (2+1)D model, or a compiled .keras model file")
+    train.add_argument("--width", type=_positive, default=16, help="reference model: filters of the first block")
+    train.add_argument("--depth", type=_positive, default=3, help="reference model: blocks")
+    train.add_argument("--dropout", type=float, default=0.3, help="reference model: dropout rate")
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="for the reference model")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="per-rank rate before scaling")
+    train.add_argument("--no-scale-lr", action="store_true", help="do not multiply the rate by the number of ranks")
+    train.add_argument("--warmup-epochs", type=float, default=3)
+    train.add_argument("--checkpoint-dir", help="rank 0 writes epoch-NNNN.keras here after each epoch")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    train.add_argument("--log-dir", help="rank 0 writes training.csv and TensorBoard logs here")
+    train.add_argument("--remainder", choices=("pad", "drop"), default="pad")
+    train.add_argument("--threads", type=_positive, help="reader threads per rank")
+    train.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
+                       help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    return parser
+
+
+def _make_synthetic(args) -> int:
+    from .synthetic import make_synthetic
+
+    path = make_synthetic(args.out, samples=args.samples, frames=args.frames, channels=args.channels,
+                          size=tuple(args.size), classes=args.classes, chunks=args.chunks,
+                          compression=args.compression, seed=args.seed, sample_count=args.sample_count)
+    print(f"wrote {path}")
+    return 0
+
+
+def _inspect(args) -> int:
+    import numpy as np
+
+    from .dataset import open_file, read_labels, validate
+
+    with open_file(args.file) as file:
+        info = validate(file)
+        counts = np.bincount(read_labels(file, info.sample_count), minlength=info.classes)
+        names = file.attrs.get("class_names")
+    frames, channels, rows, cols = info.clip_shape
+    print(f"file          {info.path}")
+    print(f"size on disk  {info.file_bytes / 2**20:.1f} MiB")
+    print(f"X             {(info.rows, *info.clip_shape)} {info.dtype} "
+          f"(samples, frames={frames}, channels={channels}, rows={rows}, cols={cols})")
+    print(f"Y             {(info.rows, info.classes)}")
+    print(f"chunks        {info.chunks if info.chunks else 'contiguous'}")
+    print(f"compression   {info.compression or 'none'}")
+    print(f"sample_count  {info.sample_count}")
+    print("class counts  " + ", ".join(
+        f"{names[k] if names is not None else k}: {count}" for k, count in enumerate(counts.tolist())))
+    return 0
+
+
+def _train(args) -> int:
+    if args.tf_threads:
+        # Must happen before TensorFlow starts its thread pools; one thread per rank lets
+        # as many ranks as cores share a machine without oversubscribing it.
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(int(args.tf_threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(args.tf_threads))
+    import keras
+
+    from .dataset import describe
+    from .models import video_classifier
+    from .training import train_model
+
+    info = describe(args.file)
+    if args.model == "video":
+        model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth,
+                                 dropout=args.dropout, seed=args.seed)
+        optimizer = (keras.optimizers.Adam(args.learning_rate) if args.optimizer == "adam"
+                     else keras.optimizers.SGD(args.learning_rate, momentum=0.9))
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    else:
+        if not os.path.isfile(args.model):
+            raise ValueError(f"--model must be 'video' or a .keras model file. Received: {args.model!r}")
+        model = keras.models.load_model(args.model)
+    history = train_model(
+        model, args.file, validation_ratio=args.validation_ratio, batch_size=args.batch_size, epochs=args.epochs,
+        seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, log_dir=args.log_dir, remainder=args.remainder,
+        threads=args.threads, verbose=args.verbose,
+    )
+    import horovod.tensorflow as hvd
+
+    if hvd.rank() == 0:  # one summary for the job, not one per rank
+        final = {key: values[-1] for key, values in history.history.items()}
+        print(f"summary: ranks={hvd.size()} epochs={len(history.epoch)} "
+              + " ".join(f"{key}={value:.4g}" for key, value in sorted(final.items())), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"make-synthetic": _make_synthetic, "inspect": _inspect, "train": _train}[args.command]
+    try:
+        return command(args)
+    except (DatasetError, ValueError) as exc:
+        print(f"distributed-h5 {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:
+        print(f"distributed-h5 {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``ShardedSequence``: a rank's shard of an HDF5 video file as a Keras ``PyDataset``."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+from . import sharding
+from .dataset import describe
+from .reader import BatchReader
+from .runtime import world
+
+
+class ShardedSequence(keras.utils.PyDataset):
+    """This rank's batches of ``subset`` of an HDF5 video file, for ``model.fit``.
+
+    ``len(seq)`` is this rank's batches per epoch; for ``subset="train"`` it is the same on
+    every rank. ``seq[i]`` returns ``(x, y)``: clips in the file's dtype, shape
+    (batch, frames, channels, rows, cols), and one-hot float32 labels, rows aligned.
+    The data order is :func:`sharding.shard` of ``(seed, epoch)``: independent of the
+    number of ranks and of the reading method.
+
+    Note:
+        Call ``set_epoch(epoch)`` at the start of every epoch (``train_model`` does);
+        ``on_epoch_end()`` also moves to the next epoch, as Keras calls it after each.
+
+    The file is opened lazily, once per process that reads, so the sequence can be
+    pickled to Keras' worker processes (``workers``, ``use_multiprocessing``).
+
+    Args:
+        path: HDF5 file in the package's layout (checked here: raises ``DatasetError``).
+        batch_size: clips per batch on this rank (default 32).
+        subset: ``"train"`` or ``"validation"``.
+        validation_ratio: fraction of ``sample_count`` held out (default 0.3).
+        seed: seeds the split and every epoch's order (default 0).
+        epoch: the first epoch (default 0).
+        rank, size: default to Horovod's when it is initialised, else 0 and 1.
+        remainder: ``"pad"`` (default) or ``"drop"`` the last partial global batch of training.
+        threads: reader threads (default: usable cores, at most 4).
+        locking: HDF5 file locking (default off).
+        workers, use_multiprocessing, max_queue_size: passed to ``keras.utils.PyDataset``.
+
+    Example:
+        >>> seq = ShardedSequence("data.h5", batch_size=8, rank=0, size=2)  # doctest: +SKIP
+        >>> x, y = seq[0]
+        >>> model.fit(seq, epochs=3)
+    """
+
+    def __init__(self, path, *, batch_size=32, subset="train", validation_ratio=0.3, seed=0, epoch=0,
+                 rank=None, size=None, remainder="pad", threads=None, locking=False, **kwargs):
+        super().__init__(**kwargs)
+        self.path = os.fspath(path)
+        self.rank, self.size = world(rank, size)
+        self.info = describe(self.path, locking=locking)
+        self.batch_size, self.subset, self.validation_ratio = batch_size, subset, validation_ratio
+        self.seed, self.remainder, self.threads, self.locking = seed, remainder, threads, locking
+        self._reader, self._reader_pid = None, None
+        self.set_epoch(epoch)
+
+    @property
+    def sample_count(self) -> int:
+        return self.info.sample_count
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the data order of ``epoch`` (a pure function of seed and epoch)."""
+        self._batches = sharding.shard(
+            self.sample_count, subset=self.subset, validation_ratio=self.validation_ratio, seed=self.seed,
+            epoch=epoch, rank=self.rank, size=self.size, batch_size=self.batch_size, remainder=self.remainder,
+        )
+        self.epoch = epoch
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def indices(self, i: int) -> np.ndarray:
+        """The sorted sample indices of batch ``i`` of the current epoch."""
+        return self._batches[i]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= i < len(self._batches):
+            raise IndexError(f"batch index must be in [0, {len(self._batches)}). Received: {i}")
+        return self.reader().read(self._batches[i])
+
+    def reader(self) -> BatchReader:
+        """This process's reader, opened on first use (an h5py handle must not cross a fork)."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader = BatchReader(self.path, threads=self.threads, locking=self.locking)
+            self._reader_pid = os.getpid()
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None and self._reader_pid == os.getpid():
+            self._reader.close()
+        self._reader = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_reader"] = state["_reader_pid"] = None
+        return state
