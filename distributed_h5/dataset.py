@@ -87,8 +87,9 @@ def validate(file: h5py.File) -> DatasetInfo:
     if isinstance(sample_count, np.ndarray) and sample_count.shape in ((), (1,)):
         sample_count = sample_count.reshape(-1)[0]
     if not isinstance(sample_count, (int, np.integer)) or isinstance(sample_count, (bool, np.bool_)):
+        shown = sample_count.item() if isinstance(sample_count, np.generic) else sample_count
         raise DatasetError(
-            f"{path}: attribute 'sample_count' is {sample_count!r} ({type(sample_count).__name__}), expected an integer"
+            f"{path}: attribute 'sample_count' is {shown!r} ({type(sample_count).__name__}), expected an integer"
         )
     if not 1 <= sample_count <= x.shape[0]:
         raise DatasetError(f"{path}: attribute 'sample_count' is {sample_count}, expected an integer in [1, {x.shape[0]}]")

@@ -23,8 +23,13 @@ class ShardedSequence(keras.utils.PyDataset):
     number of ranks and of the reading method.
 
     Note:
-        Call ``set_epoch(epoch)`` at the start of every epoch (``train_model`` does);
-        ``on_epoch_end()`` also moves to the next epoch, as Keras calls it after each.
+        Pass ``shuffle=False`` to ``fit``: the order is already shuffled, and Keras would
+        otherwise permute batches with Python's unseeded ``random``, differently per rank.
+        Call ``set_epoch(epoch)`` at the start of every epoch, as with PyTorch's
+        DistributedSampler: pass ``callbacks=[EpochSetter(seq)]`` to ``fit`` (``train_model``
+        does). ``on_epoch_end`` does not reshuffle, because Keras calls it at times that are
+        not epoch boundaries (``fit`` calls it once before the first epoch) and after worker
+        processes have already received the sequence; only ``set_epoch`` is exact.
 
     The file is opened lazily, once per process that reads, so the sequence can be
     pickled to Keras' worker processes (``workers``, ``use_multiprocessing``).
@@ -45,7 +50,7 @@ class ShardedSequence(keras.utils.PyDataset):
     Example:
         >>> seq = ShardedSequence("data.h5", batch_size=8, rank=0, size=2)  # doctest: +SKIP
         >>> x, y = seq[0]
-        >>> model.fit(seq, epochs=3)
+        >>> model.fit(seq, epochs=3, shuffle=False, callbacks=[EpochSetter(seq)])
     """
 
     def __init__(self, path, *, batch_size=32, subset="train", validation_ratio=0.3, seed=0, epoch=0,
@@ -70,9 +75,6 @@ class ShardedSequence(keras.utils.PyDataset):
             epoch=epoch, rank=self.rank, size=self.size, batch_size=self.batch_size, remainder=self.remainder,
         )
         self.epoch = epoch
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -102,3 +104,20 @@ class ShardedSequence(keras.utils.PyDataset):
         state = self.__dict__.copy()
         state["_reader"] = state["_reader_pid"] = None
         return state
+
+
+class EpochSetter(keras.callbacks.Callback):
+    """Calls ``set_epoch(epoch)`` on each sequence at the start of every epoch of ``fit``.
+
+    Keras runs callbacks' ``on_epoch_begin`` before it starts reading the epoch (and before
+    it sends the sequence to worker processes), so every batch of epoch ``e`` uses the
+    order of ``e``, also when ``fit`` resumes at ``initial_epoch``.
+    """
+
+    def __init__(self, *sequences: ShardedSequence):
+        super().__init__()
+        self.sequences = sequences
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for sequence in self.sequences:
+            sequence.set_epoch(epoch)

@@ -10,20 +10,9 @@ from pathlib import Path
 import keras
 
 from . import horovod as hvd_adapter
-from .sequence import ShardedSequence
+from .sequence import EpochSetter, ShardedSequence
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})\.keras$")
-
-
-class _SetEpoch(keras.callbacks.Callback):
-    """Give the training shard the data order of each epoch, identically on every rank."""
-
-    def __init__(self, sequence: ShardedSequence):
-        super().__init__()
-        self.sequence = sequence
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.sequence.set_epoch(epoch)
 
 
 class _ScaleLearningRate(keras.callbacks.Callback):
@@ -222,7 +211,7 @@ def train_model(
     if initial_epoch >= epochs:
         return keras.callbacks.History()
 
-    run_callbacks = [_SetEpoch(train), _Throughput(len(train) * batch_size * size)]
+    run_callbacks = [EpochSetter(train), _Throughput(len(train) * batch_size * size)]
     if scale_learning_rate:
         run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, len(train)))
     run_callbacks.append(_GlobalMetrics(hvd, validation))
@@ -236,7 +225,9 @@ def train_model(
             run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, "tensorboard")))
     run_callbacks += list(callbacks or [])
     try:
-        return model.fit(train, epochs=epochs, initial_epoch=initial_epoch, callbacks=run_callbacks,
+        # shuffle=False: the sequence already holds each epoch's order. Keras would otherwise
+        # permute the batches with Python's unseeded global random, differently on every rank.
+        return model.fit(train, epochs=epochs, initial_epoch=initial_epoch, callbacks=run_callbacks, shuffle=False,
                          verbose=verbose if rank == 0 else 0)
     finally:
         train.close()

@@ -1,0 +1,29 @@
+"""Shared fixtures: small synthetic files in every layout the package supports."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from distributed_h5.synthetic import make_synthetic  # noqa: E402
+
+LAYOUTS = {
+    "contiguous": dict(chunks="none", compression="none"),
+    "clip-chunks": dict(chunks="clip", compression="none"),
+    "gzip": dict(chunks="clip", compression="gzip"),
+    "lzf": dict(chunks="clip", compression="lzf"),
+}
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """One small file per layout: 203 rows, sample_count 197, 8x3x16x16 uint8 clips, 5 classes."""
+    root = tmp_path_factory.mktemp("layouts")
+    return {
+        name: make_synthetic(root / f"{name}.h5", samples=203, sample_count=197, frames=8, channels=3,
+                             size=(16, 16), classes=5, seed=7, progress=False, **kwargs)
+        for name, kwargs in LAYOUTS.items()
+    }

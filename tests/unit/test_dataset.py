@@ -1,0 +1,149 @@
+"""Opening and validating files: every malformed input gets a DatasetError, and no file changes."""
+
+import hashlib
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from distributed_h5 import DatasetError, describe
+from distributed_h5.dataset import open_file, read_labels
+
+
+def write(path, x_shape=(6, 2, 1, 4, 4), y_shape=(6, 3), sample_count=6, x_dtype="u1", y=None, **extra):
+    with h5py.File(path, "w") as file:
+        if x_shape is not None:
+            file.create_dataset("X", shape=x_shape, dtype=x_dtype)
+        if y is not None:
+            file.create_dataset("Y", data=y)
+        elif y_shape is not None:
+            file.create_dataset("Y", shape=y_shape, dtype="u1")
+        if sample_count is not None:
+            file.attrs["sample_count"] = sample_count
+        for key, value in extra.items():
+            file.attrs[key] = value
+    return path
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_describe_reports_the_layout(files):
+    info = describe(files["gzip"])
+    assert (info.sample_count, info.rows, info.clip_shape, info.classes) == (197, 203, (8, 3, 16, 16), 5)
+    assert (info.dtype, info.chunks, info.compression) == (np.uint8, (1, 8, 3, 16, 16), "gzip")
+    assert describe(files["contiguous"]).chunks is None
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DatasetError, match=f"{tmp_path}/nope.h5: no such file"):
+        describe(tmp_path / "nope.h5")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(DatasetError, match="is a directory, expected an HDF5 file"):
+        describe(tmp_path)
+
+
+def test_not_hdf5(tmp_path):
+    path = tmp_path / "text.h5"
+    path.write_text("hello")
+    with pytest.raises(DatasetError, match="cannot be opened as HDF5") as caught:
+        describe(path)
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_truncated(tmp_path, files):
+    path = tmp_path / "truncated.h5"
+    path.write_bytes(files["contiguous"].read_bytes()[:5000])
+    with pytest.raises(DatasetError, match="truncated"):
+        describe(path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(x_shape=None), "dataset 'X' is missing; expected datasets 'X' and 'Y'"),
+        (dict(y_shape=None), "dataset 'Y' is missing"),
+        (dict(x_shape=(6, 2, 4, 4)), r"dataset 'X' has shape \(6, 2, 4, 4\), expected 5 dimensions"),
+        (dict(y_shape=(6, 3, 1)), r"dataset 'Y' has shape \(6, 3, 1\), expected 2 dimensions"),
+        (dict(y_shape=(5, 3)), "'X' has 6 rows but 'Y' has 5; expected equal row counts"),
+        (dict(x_dtype="S4"), "dataset 'X' has dtype |S4, expected a numeric dtype"),
+        (dict(sample_count=None), "root attribute 'sample_count' is missing"),
+        (dict(sample_count=2.5), "attribute 'sample_count' is 2.5 .*expected an integer"),
+        (dict(sample_count="6"), "attribute 'sample_count' is '6'"),
+        (dict(sample_count=0), r"attribute 'sample_count' is 0, expected an integer in \[1, 6\]"),
+        (dict(sample_count=7), r"attribute 'sample_count' is 7, expected an integer in \[1, 6\]"),
+    ],
+)
+def test_malformed_layouts(tmp_path, kwargs, message):
+    path = write(tmp_path / "bad.h5", **kwargs)
+    before = digest(path)
+    with pytest.raises(DatasetError, match=message) as caught:
+        describe(path)
+    assert str(path) in str(caught.value)
+    assert digest(path) == before
+
+
+def test_x_that_is_a_group(tmp_path):
+    path = tmp_path / "group.h5"
+    with h5py.File(path, "w") as file:
+        file.create_group("X")
+        file.create_dataset("Y", data=np.eye(2))
+        file.attrs["sample_count"] = 2
+    with pytest.raises(DatasetError, match="'X' is a Group, expected a dataset"):
+        describe(path)
+
+
+def test_labels_must_be_one_hot(tmp_path):
+    y = np.eye(3, dtype="f4")[[0, 1, 2, 0, 1, 2]]
+    y[4] = [0, 0.5, 0.5]
+    path = write(tmp_path / "soft.h5", y=y)
+    with open_file(path) as file:
+        with pytest.raises(DatasetError, match=r"row 4 of 'Y' is \[0.0, 0.5, 0.5\], expected one-hot"):
+            read_labels(file, 6)
+        assert read_labels(file, 4).tolist() == [0, 1, 2, 0]  # rows past sample_count are not read
+
+
+def test_a_row_of_zeros_is_not_one_hot(tmp_path):
+    y = np.eye(3, dtype="u1")[[0, 1, 2, 0, 1, 2]]
+    y[2] = 0
+    with open_file(write(tmp_path / "zero.h5", y=y)) as file, pytest.raises(DatasetError, match="row 2 of 'Y'"):
+        read_labels(file, 6)
+
+
+def test_file_is_opened_read_only(files):
+    with open_file(files["contiguous"]) as file:
+        assert file.mode == "r"
+        with pytest.raises(KeyError, match="no write intent on file"):
+            file.attrs["sample_count"] = 1
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "distributed_h5.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_inspect_prints_the_layout(files):
+    result = run_cli("inspect", str(files["clip-chunks"]))
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines() if not line.startswith("class"))
+    assert lines["X"] == "(203, 8, 3, 16, 16) uint8 (samples, frames=8, channels=3, rows=16, cols=16)"
+    assert lines["chunks"] == "(1, 8, 3, 16, 16)"
+    assert lines["sample_count"] == "197"
+    labels = h5py.File(files["clip-chunks"], "r")["Y"][:197].argmax(1)
+    counts = ", ".join(f"{k}: {n}" for k, n in enumerate(np.bincount(labels, minlength=5)))
+    assert f"class counts  {counts}" in result.stdout
+
+
+def test_cli_inspect_bad_file_exits_2_without_traceback(tmp_path):
+    path = write(tmp_path / "bad.h5", sample_count=9)
+    before = digest(path)
+    result = run_cli("inspect", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (f"distributed-h5 inspect: error: {path}: attribute 'sample_count' is 9, "
+                             "expected an integer in [1, 6]\n")
+    assert "Traceback" not in result.stderr
+    assert digest(path) == before

@@ -1,0 +1,134 @@
+"""The batch read path: every layout gives the same, aligned clips and labels."""
+
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+
+from distributed_h5 import DatasetError
+from distributed_h5.reader import BatchReader
+from distributed_h5.synthetic import clip_index
+
+EXPECTED_METHOD = {"contiguous": "pread", "clip-chunks": "pread", "gzip": "pread+inflate", "lzf": "hdf5"}
+BATCHES = [
+    [0, 1, 2, 3],  # one run on disk
+    [5, 9, 10, 11, 40, 196],  # runs and singletons, up to the last sample in use
+    [7, 7, 8],  # a duplicate, as padding can produce
+    [150, 3, 77],  # unsorted still reads right
+]
+
+
+@pytest.mark.parametrize("layout", sorted(EXPECTED_METHOD))
+@pytest.mark.parametrize("threads", [1, 3])
+def test_clips_and_labels_are_aligned(files, layout, threads):
+    with h5py.File(files[layout], "r") as file:
+        truth_x, truth_y = file["X"][:], file["Y"][:].astype(np.float32)
+    with BatchReader(files[layout], threads=threads) as reader:
+        assert reader.method == EXPECTED_METHOD[layout]
+        for batch in BATCHES:
+            x, y = reader.read(np.array(batch))
+            assert clip_index(x).tolist() == batch
+            np.testing.assert_array_equal(x, truth_x[batch])
+            np.testing.assert_array_equal(y, truth_y[batch])
+            assert x.dtype == np.uint8 and y.dtype == np.float32
+
+
+def write_layout(path, data, **kwargs):
+    with h5py.File(path, "w") as file:
+        file.create_dataset("X", data=data, **kwargs)
+        file.create_dataset("Y", data=np.eye(2, dtype="u1")[np.arange(len(data)) % 2])
+        file.attrs["sample_count"] = len(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs, method",
+    [
+        (dict(chunks=(3, 2, 1, 4, 5)), "pread"),  # several clips per chunk, a partial last chunk
+        (dict(chunks=(1, 1, 1, 4, 5)), "hdf5"),  # chunks smaller than a clip
+        (dict(chunks=(1, 2, 1, 4, 5), compression="gzip", shuffle=True), "pread+inflate"),
+        (dict(chunks=(2, 2, 1, 4, 5), compression="gzip"), "hdf5"),
+        (dict(chunks=(1, 2, 1, 4, 5), fletcher32=True), "hdf5"),
+    ],
+)
+def test_other_layouts_and_dtypes(tmp_path, kwargs, method):
+    data = np.arange(10 * 2 * 1 * 4 * 5, dtype=">i2").reshape(10, 2, 1, 4, 5)  # big-endian 16-bit
+    path = write_layout(tmp_path / "layout.h5", data, **kwargs)
+    with BatchReader(path, threads=2) as reader:
+        assert reader.method == method
+        x, y = reader.read(np.array([0, 2, 3, 4, 9]))
+    np.testing.assert_array_equal(x, data[[0, 2, 3, 4, 9]])
+    assert y.argmax(1).tolist() == [0, 0, 1, 0, 1]
+
+
+def test_user_block_offsets(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, (6, 2, 1, 3, 3), dtype=np.uint8)
+    path = tmp_path / "userblock.h5"
+    with h5py.File(path, "w", userblock_size=512) as file:
+        file.create_dataset("X", data=data)
+        file.create_dataset("Y", data=np.eye(6))
+        file.attrs["sample_count"] = 6
+    with BatchReader(path) as reader:
+        np.testing.assert_array_equal(reader.read(np.array([1, 2, 5]))[0], data[[1, 2, 5]])
+
+
+def test_out_buffer_is_filled_in_place(files):
+    with BatchReader(files["contiguous"]) as reader:
+        out = np.zeros((3, 8, 3, 16, 16), dtype=np.uint8)
+        x, _ = reader.read(np.array([4, 5, 100]), out=out)
+        assert x is out and clip_index(out).tolist() == [4, 5, 100]
+        with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \(2, 8, 3, 16, 16\)"):
+            reader.read(np.array([1, 2]), out=out)
+
+
+@pytest.mark.parametrize("batch, message", [
+    ([197], r"indices must be in \[0, 197\). Received: min 197, max 197"),
+    ([-1, 3], r"Received: min -1"),
+    ([], "indices must be a non-empty 1-D array"),
+])
+def test_indices_outside_sample_count_are_refused(files, batch, message):
+    with BatchReader(files["clip-chunks"]) as reader, pytest.raises(ValueError, match=message):
+        reader.read(np.array(batch, dtype=np.int64))
+
+
+def test_reading_leaves_the_file_unchanged(files):
+    before = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
+    for path in files.values():
+        with BatchReader(path) as reader:
+            reader.read(np.arange(0, 197, 3))
+    assert {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()} == before
+
+
+def test_truncated_data_is_a_dataset_error(tmp_path, files):
+    path = tmp_path / "cut.h5"
+    data = files["contiguous"].read_bytes()
+    path.write_bytes(data[: len(data) - 4096])
+    with pytest.raises(DatasetError, match="truncated"):
+        BatchReader(path)
+
+
+def test_corrupt_chunk_is_a_dataset_error(tmp_path, files):
+    path = tmp_path / "corrupt.h5"
+    path.write_bytes(files["gzip"].read_bytes())
+    with h5py.File(path, "r") as file:
+        info = file["X"].id.get_chunk_info_by_coord((5, 0, 0, 0, 0))
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset)
+        handle.write(b"\xff" * 16)
+    with BatchReader(path) as reader:
+        reader.read(np.array([4]))
+        with pytest.raises(DatasetError, match="chunk 5 of 'X' does not inflate"):
+            reader.read(np.array([4, 5]))
+
+
+def test_reader_cannot_be_pickled(files):
+    import pickle
+
+    with BatchReader(files["contiguous"]) as reader, pytest.raises(TypeError, match="open one per process"):
+        pickle.dumps(reader)
+
+
+def test_bad_threads(files):
+    with pytest.raises(ValueError, match="threads must be an integer >= 1. Received: threads=0"):
+        BatchReader(files["contiguous"], threads=0)
