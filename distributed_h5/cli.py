@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
                        help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    io = benches.add_parser("io", help="read throughput of each method against sequential slab reads")
+    io.add_argument("files", nargs="+")
+    io.add_argument("--batch-size", type=_positive, default=32)
+    io.add_argument("--threads", type=_positive, help="reader threads for the parallel run (default: cores, at most 4)")
+    io.add_argument("--seconds", type=float, default=10.0, help="time limit per method")
+    io.add_argument("--csv", help="append one row per method to this CSV file")
     return parser
 
 
@@ -140,9 +149,18 @@ def _train(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench.io import bench_io, report
+
+    for path in args.files:
+        results = bench_io(path, batch_size=args.batch_size, threads=args.threads, seconds=args.seconds)
+        print(report(path, results, args.csv), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = {"make-synthetic": _make_synthetic, "inspect": _inspect, "train": _train}[args.command]
+    command = {"make-synthetic": _make_synthetic, "inspect": _inspect, "train": _train, "bench": _bench}[args.command]
     try:
         return command(args)
     except (DatasetError, ValueError) as exc:

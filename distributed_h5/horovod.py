@@ -8,6 +8,8 @@ same order on every rank.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -66,6 +68,29 @@ def distribute_optimizer(model, hvd) -> None:
     # turns XLA on by default on GPUs; force it off and drop any step traced before.
     model.jit_compile = False
     model.train_function = None
+
+
+def undistribute_optimizer(model) -> None:
+    """Give ``model``'s optimizer back its own class (undoes :func:`distribute_optimizer`)."""
+    cls = type(model.optimizer)
+    if getattr(cls, "_distributed_h5", False):
+        model.optimizer.__class__ = cls.__bases__[0]
+        model.train_function = None
+
+
+@contextlib.contextmanager
+def plain_optimizer(model):
+    """Within the block the optimizer has its own class, so a saved model loads anywhere.
+
+    The compiled train step is kept: it was traced with the averaging already in it.
+    """
+    cls = type(model.optimizer)
+    if getattr(cls, "_distributed_h5", False):
+        model.optimizer.__class__ = cls.__bases__[0]
+    try:
+        yield
+    finally:
+        model.optimizer.__class__ = cls
 
 
 def broadcast_state(model, hvd, root_rank: int = 0) -> None:

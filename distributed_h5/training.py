@@ -112,7 +112,8 @@ def save_checkpoint(model, directory: Path, epochs_completed: int) -> Path:
     final = directory / f"epoch-{epochs_completed:04d}.keras"
     partial = directory / f".partial-{os.getpid()}-{final.name}"
     try:
-        model.save(partial)
+        with hvd_adapter.plain_optimizer(model):  # loadable without this package
+            model.save(partial)
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
@@ -230,6 +231,7 @@ def train_model(
         return model.fit(train, epochs=epochs, initial_epoch=initial_epoch, callbacks=run_callbacks, shuffle=False,
                          verbose=verbose if rank == 0 else 0)
     finally:
+        hvd_adapter.undistribute_optimizer(model)  # the caller gets its own optimizer back
         train.close()
         if validation is not None:
             validation.close()

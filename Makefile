@@ -1,0 +1,38 @@
+# The two commands: `make demo` (train on 2 ranks) and `make test` (every test).
+# Each installs whatever is missing first (scripts/install.sh is idempotent).
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: install install-test test test-unit test-parallel demo bench-io clean
+
+install:
+	bash scripts/install.sh
+
+install-test:
+	bash scripts/install.sh --test
+
+test: install-test
+	python -m pytest -ra tests
+
+test-unit: install-test
+	python -m pytest -ra tests/unit
+
+test-parallel: install-test
+	python -m pytest -ra tests/parallel
+
+demo: install
+	bash scripts/demo.sh
+
+# Read throughput on every layout make-synthetic writes: 2000 clips of 16x3x64x64 uint8 each.
+BENCH_LAYOUTS := contiguous:none:none clip:clip:none gzip:clip:gzip lzf:clip:lzf
+bench-io: install
+	mkdir -p data/bench bench-results
+	for spec in $(BENCH_LAYOUTS); do IFS=: read name chunks compression <<< "$$spec"; \
+	  test -f data/bench/$$name.h5 || distributed-h5 make-synthetic data/bench/$$name.h5 --samples 2000 \
+	    --frames 16 --channels 3 --size 64 64 --chunks $$chunks --compression $$compression; done
+	rm -f bench-results/io.csv
+	distributed-h5 bench io data/bench/{contiguous,clip,gzip,lzf}.h5 --csv bench-results/io.csv | tee bench-results/io.txt
+
+clean:
+	rm -rf data runs .pytest_cache .hypothesis

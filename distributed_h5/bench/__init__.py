@@ -1,0 +1,1 @@
+"""Benchmarks that print figures; no test depends on machine speed."""
