@@ -60,9 +60,12 @@ fi
 extras=mpi,bench
 ((with_test)) && extras+=,test
 # Re-run pip only when the requirements changed: a warm install then costs well under a second.
+# A test install also satisfies a plain one.
 stamp=$venv/.dh5-installed
-want="$DH5_TF_SPEC [$extras] $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+key="$DH5_TF_SPEC $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+want="$key [$extras]"
+have=$(cat "$stamp" 2>/dev/null || true)
+if [[ $have != "$want" && $have != "$key [$extras,test]" ]]; then
     log "pip install $DH5_TF_SPEC and distributed_h5[$extras]"
     "$py" -m pip install -q --upgrade pip setuptools wheel
     "$py" -m pip install -q "$DH5_TF_SPEC" -e "$root[$extras]"
