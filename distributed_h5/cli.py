@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from .dataset import DatasetError
@@ -63,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
     train.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
                        help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
+    train.add_argument("--stop-signal", choices=("USR1", "USR2", "TERM"),
+                       help="on this signal all ranks stop at one step, rank 0 checkpoints, exit status 75")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -109,7 +112,19 @@ def _inspect(args) -> int:
     return 0
 
 
+LAUNCHER_RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "PMI_RANK")
+
+
+def _quiet_other_ranks() -> None:
+    # Before TensorFlow loads: its C++ start-up logs, once per rank, drown rank 0's output.
+    # Horovod is not initialised yet, so the launcher's rank variable is all there is.
+    rank = next((os.environ[name] for name in LAUNCHER_RANK_VARIABLES if name in os.environ), "0")
+    if rank != "0":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def _train(args) -> int:
+    _quiet_other_ranks()
     if args.tf_threads:
         # Must happen before TensorFlow starts its thread pools; one thread per rank lets
         # as many ranks as cores share a machine without oversubscribing it.
@@ -139,6 +154,7 @@ def _train(args) -> int:
         seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, log_dir=args.log_dir, remainder=args.remainder,
         threads=args.threads, verbose=args.verbose,
+        stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,
     )
     import horovod.tensorflow as hvd
 
@@ -166,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ValueError) as exc:
         print(f"distributed-h5 {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as exc:
-        print(f"distributed-h5 {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except RuntimeError as exc:  # Horovod missing, or training.Preempted (exit status 75: run again with --resume)
+        print(f"distributed-h5 {args.command}: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_status", 1)
     except KeyboardInterrupt:
         return 130
 

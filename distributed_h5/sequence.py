@@ -68,13 +68,17 @@ class ShardedSequence(keras.utils.PyDataset):
     def sample_count(self) -> int:
         return self.info.sample_count
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use the data order of ``epoch`` (a pure function of seed and epoch)."""
-        self._batches = sharding.shard(
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Use the data order of ``epoch`` (a pure function of seed and epoch), from batch
+        ``start_step`` on (a run resumed mid-epoch reads only the batches it had not)."""
+        batches = sharding.shard(
             self.sample_count, subset=self.subset, validation_ratio=self.validation_ratio, seed=self.seed,
             epoch=epoch, rank=self.rank, size=self.size, batch_size=self.batch_size, remainder=self.remainder,
         )
-        self.epoch = epoch
+        if not 0 <= start_step < len(batches):
+            raise ValueError(f"start_step must be in [0, {len(batches)}). Received: start_step={start_step!r}")
+        self._batches = batches[start_step:]
+        self.epoch, self.start_step = epoch, start_step
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -114,10 +118,12 @@ class EpochSetter(keras.callbacks.Callback):
     order of ``e``, also when ``fit`` resumes at ``initial_epoch``.
     """
 
-    def __init__(self, *sequences: ShardedSequence):
+    def __init__(self, *sequences: ShardedSequence, resume_at: tuple[int, int] = (0, 0)):
         super().__init__()
         self.sequences = sequences
+        self.resume_at = resume_at  # (epoch, step): that epoch starts at that step
 
     def on_epoch_begin(self, epoch, logs=None):
+        start_step = self.resume_at[1] if epoch == self.resume_at[0] else 0
         for sequence in self.sequences:
-            sequence.set_epoch(epoch)
+            sequence.set_epoch(epoch, start_step)

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
+import numpy as np
 
 from . import horovod as hvd_adapter
 from .sequence import EpochSetter, ShardedSequence
 
-CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})\.keras$")
+CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.keras$")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
+
+
+class ResumePoint(NamedTuple):
+    """Where training stands: ``epoch`` epochs complete, plus ``step`` steps of the next."""
+
+    epoch: int
+    step: int = 0
+
+
+class Preempted(RuntimeError):
+    """Every rank stopped at the same step on a signal, after rank 0 wrote a checkpoint."""
+
+    exit_status = EXIT_PREEMPTED
+
+    def __init__(self, signum: int, at: ResumePoint):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after {at.epoch} epochs and {at.step} steps; "
+                         "a checkpoint was written: run again with resume to continue")
+        self.at = at
 
 
 class _ScaleLearningRate(keras.callbacks.Callback):
@@ -23,18 +45,19 @@ class _ScaleLearningRate(keras.callbacks.Callback):
     so a resumed run follows the same schedule.
     """
 
-    def __init__(self, base: float, size: int, warmup_epochs: float, steps_per_epoch: int):
+    def __init__(self, base: float, size: int, warmup_epochs: float, steps_per_epoch: int, resume_at: ResumePoint):
         super().__init__()
         self.base, self.size = base, size
         self.warmup_steps = warmup_epochs * steps_per_epoch
-        self.steps_per_epoch = steps_per_epoch
-        self.epoch = 0
+        self.steps_per_epoch, self.resume_at = steps_per_epoch, resume_at
+        self.first_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+        offset = self.resume_at.step if epoch == self.resume_at.epoch else 0
+        self.first_step = epoch * self.steps_per_epoch + offset
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = self.epoch * self.steps_per_epoch + batch
+        step = self.first_step + batch
         progress = min(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         self.model.optimizer.learning_rate = self.base * (1 + (self.size - 1) * progress)
 
@@ -66,20 +89,17 @@ class _GlobalMetrics(keras.callbacks.Callback):
 class _Throughput(keras.callbacks.Callback):
     """Samples per second over the whole run, counting every rank's samples."""
 
-    def __init__(self, samples_per_epoch: int):
+    def __init__(self, sequence: ShardedSequence):
         super().__init__()
-        self.samples_per_epoch = samples_per_epoch
-        self.epochs = 0
-        self.seconds = 0.0
+        self.sequence = sequence
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds += time.perf_counter() - self._start
-        self.epochs += 1
         if logs is not None:
-            logs["samples_per_second"] = self.samples_per_epoch / (time.perf_counter() - self._start)
+            samples = len(self.sequence) * self.sequence.batch_size * self.sequence.size
+            logs["samples_per_second"] = samples / (time.perf_counter() - self._start)
 
 
 class _Checkpoint(keras.callbacks.Callback):
@@ -90,26 +110,66 @@ class _Checkpoint(keras.callbacks.Callback):
         self.directory, self.keep = directory, keep
 
     def on_epoch_end(self, epoch, logs=None):
-        save_checkpoint(self.model, self.directory, epoch + 1)
-        for old in list_checkpoints(self.directory)[: -self.keep]:
-            old[1].unlink(missing_ok=True)
+        save_checkpoint(self.model, self.directory, ResumePoint(epoch + 1))
+        for _, old in list_checkpoints(self.directory)[: -self.keep]:
+            old.unlink(missing_ok=True)
 
 
-def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """``(epochs_completed, path)`` of every complete checkpoint in ``directory``, oldest first."""
-    if not directory.is_dir():
+class _StopOnSignal(keras.callbacks.Callback):
+    """On ``signum`` (SLURM's warning before the time limit, say), stop every rank at the
+    same step, have rank 0 checkpoint, and raise :class:`Preempted` on every rank.
+
+    Ranks receive the signal at different steps, so after every step they agree with a
+    max-allreduce of a flag; stopping at different steps would leave an allreduce hanging.
+    """
+
+    def __init__(self, hvd, signum: int, directory: Path, resume_at: ResumePoint):
+        super().__init__()
+        self.hvd, self.signum, self.directory, self.resume_at = hvd, signum, directory, resume_at
+        self.received = False
+
+    def on_train_begin(self, logs=None):
+        self.previous = signal.signal(self.signum, self._receive)
+
+    def on_train_end(self, logs=None):
+        signal.signal(self.signum, self.previous)
+
+    def _receive(self, signum, frame):
+        self.received = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.offset = self.resume_at.step if epoch == self.resume_at.epoch else 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        flag = np.array([int(self.received)], dtype=np.int32)
+        if not self.hvd.allreduce(flag, op=self.hvd.Max, name="distributed_h5.stop").numpy()[0]:
+            return
+        at = ResumePoint(self.epoch, self.offset + batch + 1)
+        if self.hvd.rank() == 0:  # rank 0 alone writes
+            save_checkpoint(self.model, self.directory, at)
+        # A barrier, so no rank exits (and no launcher kills rank 0) before the checkpoint is on disk.
+        self.hvd.allreduce(np.zeros(1, dtype=np.int32), name="distributed_h5.checkpointed")
+        signal.signal(self.signum, self.previous)
+        raise Preempted(self.signum, at)
+
+
+def list_checkpoints(directory: Path) -> list[tuple[ResumePoint, Path]]:
+    """``(resume point, path)`` of every complete checkpoint in ``directory``, oldest first."""
+    if directory is None or not directory.is_dir():
         return []
-    found = [(int(m.group(1)), directory / name) for name in os.listdir(directory)
-             if (m := CHECKPOINT_PATTERN.match(name))]
+    found = [(ResumePoint(int(m.group(1)), int(m.group(2) or 0)), directory / name)
+             for name in os.listdir(directory) if (m := CHECKPOINT_PATTERN.match(name))]
     return sorted(found)
 
 
-def save_checkpoint(model, directory: Path, epochs_completed: int) -> Path:
-    """Write ``epoch-NNNN.keras`` (weights and optimizer state) under a temporary name, then
-    rename it, so a kill mid-write leaves the previous checkpoint intact and no partial file
-    that looks complete."""
+def save_checkpoint(model, directory: Path, at: ResumePoint) -> Path:
+    """Write ``epoch-NNNN.keras`` (or ``epoch-NNNN-step-SSSSSS.keras`` mid-epoch), with weights
+    and optimizer state, under a temporary name, then rename it: a kill mid-write leaves the
+    previous checkpoint intact and no partial file that looks complete."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"epoch-{epochs_completed:04d}.keras"
+    name = f"epoch-{at.epoch:04d}" + (f"-step-{at.step:06d}" if at.step else "")
+    final = directory / f"{name}.keras"
     partial = directory / f".partial-{os.getpid()}-{final.name}"
     try:
         with hvd_adapter.plain_optimizer(model):  # loadable without this package
@@ -147,6 +207,7 @@ def train_model(
     use_multiprocessing: bool = False,
     verbose: int = 1,
     callbacks: list | None = None,
+    stop_signal: int | None = None,
 ) -> keras.callbacks.History:
     """Train a compiled Keras ``model`` on the HDF5 file ``path`` across all Horovod ranks.
 
@@ -176,6 +237,9 @@ def train_model(
         threads, workers, use_multiprocessing: reading parallelism, see :class:`ShardedSequence`.
         verbose: Keras progress output on rank 0 (0, 1 or 2).
         callbacks: more Keras callbacks, run on every rank after the package's own.
+        stop_signal: a signal (e.g. ``signal.SIGUSR1``) on which every rank stops at the same
+            step, rank 0 writes a mid-epoch checkpoint, and :class:`Preempted` is raised; a
+            run with ``resume=True`` then continues from that very step. Needs ``checkpoint_dir``.
 
     Example:
         >>> model = video_classifier((16, 3, 64, 64), classes=4)                 # doctest: +SKIP
@@ -184,14 +248,15 @@ def train_model(
     """
     if model.optimizer is None or not getattr(model, "compiled", False):
         raise ValueError("model must be compiled (model.compile(optimizer=..., loss=...)) before train_model")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs a checkpoint_dir. Received: checkpoint_dir=None")
+    if (resume or stop_signal is not None) and checkpoint_dir is None:
+        raise ValueError("resume and stop_signal need a checkpoint_dir. Received: checkpoint_dir=None")
     hvd = hvd_adapter.init()
     rank, size = hvd.rank(), hvd.size()
     common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
                   threads=threads, workers=workers, use_multiprocessing=use_multiprocessing)
     train = ShardedSequence(path, subset="train", remainder=remainder, **common)
     validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
+    steps_per_epoch = len(train)
 
     hvd_adapter.distribute_optimizer(model, hvd)
     if not model.built:
@@ -200,38 +265,67 @@ def train_model(
     base_rate = float(model.optimizer.learning_rate)  # before a checkpoint can overwrite it with a scaled rate
     # Rank 0 decides where to resume and tells the others; only it reads the checkpoint,
     # and the broadcast below gives every rank its weights and optimizer state.
-    initial_epoch = 0
+    resume_at = ResumePoint(0)
     if resume and rank == 0:
         found = list_checkpoints(checkpoint_dir)
         if found:
-            initial_epoch, newest = found[-1]
+            resume_at, newest = found[-1]
             model.optimizer.build(model.trainable_variables)
             model.load_weights(newest)
-    initial_epoch = hvd_adapter.broadcast_object(initial_epoch, hvd)
+    resume_at = ResumePoint(*hvd_adapter.broadcast_object(tuple(resume_at), hvd))
+    if resume_at.step >= steps_per_epoch:  # stopped after an epoch's last step
+        resume_at = ResumePoint(resume_at.epoch + 1)
     hvd_adapter.broadcast_state(model, hvd)
-    if initial_epoch >= epochs:
+    if resume_at.epoch >= epochs:
         return keras.callbacks.History()
 
-    run_callbacks = [EpochSetter(train), _Throughput(len(train) * batch_size * size)]
+    run_callbacks = [EpochSetter(train, resume_at=resume_at), _Throughput(train)]
     if scale_learning_rate:
-        run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, len(train)))
+        run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, steps_per_epoch, resume_at))
+    if stop_signal is not None:
+        run_callbacks.append(_StopOnSignal(hvd, stop_signal, checkpoint_dir, resume_at))
     run_callbacks.append(_GlobalMetrics(hvd, validation))
     # Rank 0 alone writes: the others hold identical weights and the same global logs.
     if rank == 0:
         if checkpoint_dir is not None:
             run_callbacks.append(_Checkpoint(checkpoint_dir, keep_checkpoints))
         if log_dir is not None:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            run_callbacks.append(keras.callbacks.CSVLogger(os.path.join(log_dir, "training.csv"), append=resume))
+            csv_path = Path(log_dir) / "training.csv"
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_at == ResumePoint(0):
+                csv_path.unlink(missing_ok=True)
+            run_callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
             run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, "tensorboard")))
     run_callbacks += list(callbacks or [])
-    try:
+
+    def fit(first_epoch: int, last_epoch: int, start_step: int = 0) -> keras.callbacks.History:
+        # Keras sizes an epoch from len(train) when fit starts: set the first epoch's batches now.
+        train.set_epoch(first_epoch, start_step)
         # shuffle=False: the sequence already holds each epoch's order. Keras would otherwise
         # permute the batches with Python's unseeded global random, differently on every rank.
-        return model.fit(train, epochs=epochs, initial_epoch=initial_epoch, callbacks=run_callbacks, shuffle=False,
-                         verbose=verbose if rank == 0 else 0)
+        return model.fit(train, epochs=last_epoch, initial_epoch=first_epoch, callbacks=run_callbacks,
+                         shuffle=False, verbose=verbose if rank == 0 else 0)
+
+    try:
+        histories = []
+        if resume_at.step:  # finish the interrupted epoch from the step it stopped at
+            histories.append(fit(resume_at.epoch, resume_at.epoch + 1, resume_at.step))
+        first_full_epoch = resume_at.epoch + (1 if resume_at.step else 0)
+        if first_full_epoch < epochs:
+            histories.append(fit(first_full_epoch, epochs))
+        return _merge(histories)
     finally:
         hvd_adapter.undistribute_optimizer(model)  # the caller gets its own optimizer back
         train.close()
         if validation is not None:
             validation.close()
+
+
+def _merge(histories: list[keras.callbacks.History]) -> keras.callbacks.History:
+    """One History from the fit of a resumed partial epoch and the fit of the epochs after it."""
+    merged = histories[-1]
+    for earlier in histories[:-1]:
+        for key, values in earlier.history.items():
+            merged.history[key] = values + merged.history.get(key, [])
+        merged.epoch = earlier.epoch + merged.epoch
+    return merged

@@ -68,7 +68,7 @@ have=$(cat "$stamp" 2>/dev/null || true)
 if [[ $have != "$want" && $have != "$key [$extras,test]" ]]; then
     log "pip install $DH5_TF_SPEC and distributed_h5[$extras]"
     "$py" -m pip install -q --upgrade pip setuptools wheel
-    "$py" -m pip install -q "$DH5_TF_SPEC" -e "$root[$extras]"
+    "$py" -m pip install -q "$DH5_TF_SPEC" -e "${root}[$extras]"
     echo "$want" >"$stamp"
 fi
 
@@ -96,6 +96,7 @@ if ! compgen -G "$wheel_dir/horovod-*.whl" >/dev/null; then
     # includes highwayhash and farmhash headers the TF wheel no longer ships. Dropping that one
     # source only removes XLA-compiled collectives; eager and tf.function allreduce are unaffected.
     cmake_file=$src/horovod/tensorflow/CMakeLists.txt
+    # shellcheck disable=SC2016  # the CMake line, matched literally
     xla_line='list(APPEND TF_SOURCES "${PROJECT_SOURCE_DIR}/horovod/tensorflow/xla_mpi_ops.cc")'
     if [[ $(grep -cFx "$xla_line" "$cmake_file") != 1 ]]; then
         log "ERROR: $cmake_file no longer has the line the patch removes; review the patch in $0:"

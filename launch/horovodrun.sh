@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Train with horovodrun on one machine or several.
+#
+#   launch/horovodrun.sh [-np N] [-H host1:4,host2:4] [--gloo|--mpi] DATA.h5 [distributed-h5 train args]
+#
+#   launch/horovodrun.sh -np 8 data.h5 --epochs 10 --batch-size 8
+#   launch/horovodrun.sh -np 8 -H node1:4,node2:4 --mpi data.h5 --epochs 10
+#
+# -np defaults to the cores of this machine. Prints the exact command it runs.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ranks=$(nproc)
+hosts=""
+controller=()
+while (($#)); do
+    case $1 in
+        -np) ranks=$2; shift 2 ;;
+        -H) hosts=$2; shift 2 ;;
+        --gloo|--mpi) controller=("$1"); shift ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) break ;;
+    esac
+done
+data=${1:?usage: launch/horovodrun.sh [-np N] [-H hosts] [--gloo|--mpi] DATA.h5 [train args]}
+shift
+per_node=$ranks
+if [[ -n $hosts ]]; then
+    per_node=${hosts%%,*}
+    per_node=${per_node##*:}
+fi
+# shellcheck source=launch/env.sh
+. "$here/env.sh" "$per_node"
+command=(horovodrun -np "$ranks")
+[[ -n $hosts ]] && command+=(-H "$hosts")
+command+=("${controller[@]}" distributed-h5 train "$data" "$@")
+echo "+ DH5_TF_THREADS=$DH5_TF_THREADS ${command[*]}" >&2
+exec "${command[@]}"

@@ -1,0 +1,56 @@
+"""The sbatch templates and launch scripts, on a real SLURM cluster and through shellcheck."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from distributed_h5.synthetic import make_synthetic
+
+from .conftest import ROOT, sbatch, slurm_env
+
+SCRIPTS = sorted([*ROOT.glob("launch/*.sh"), *ROOT.glob("slurm/*.sbatch"), *ROOT.glob("scripts/*.sh"),
+                  ROOT / ".ci" / "run", *ROOT.glob("tests/slurm/*.sh")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_scripts_pass_bash_n_and_shellcheck(script):
+    assert subprocess.run(["bash", "-n", script], capture_output=True, text=True).returncode == 0
+    checked = subprocess.run(["shellcheck", "-x", script], cwd=ROOT, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+
+
+@pytest.mark.parametrize("template", sorted(ROOT.glob("slurm/*.sbatch")), ids=lambda p: p.name)
+def test_templates_are_accepted_by_sbatch(cluster, template, tmp_path):
+    result = subprocess.run(["sbatch", "--test-only", "--ntasks=2", template, "data.h5"], env=slurm_env(cluster),
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "to start at" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("sbatch") / "data.h5", samples=96, frames=4, size=(12, 12),
+                          classes=3, progress=False)
+
+
+@pytest.mark.parametrize("stage", ["0", "1"])
+def test_train_sbatch_runs_two_ranks(cluster, data, tmp_path, stage, monkeypatch):
+    monkeypatch.setenv("DH5_ROOT", str(ROOT))
+    monkeypatch.setenv("DH5_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("DH5_STAGE", stage)
+    monkeypatch.setenv("DH5_STAGE_DIR", str(tmp_path / "local"))
+    (tmp_path / "local").mkdir()
+    result = sbatch(cluster, "--ntasks=2", "--cpus-per-task=1", "--output=job-%j.out", ROOT / "slurm" / "train.sbatch",
+                    data, "--epochs", 2, "--batch-size", 8, "--width", 4, "--depth", 1, cwd=tmp_path)
+    job = result.stdout.strip()
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert result.returncode == 0, log[-5000:]
+    assert f"job {job}: 2 ranks on 1 node(s), 1 cpu(s) each" in log
+    assert "+ DH5_TF_THREADS=1 srun --mpi=pmix --kill-on-bad-exit=1 distributed-h5 train" in log
+    summary = [line for line in log.splitlines() if line.startswith("summary:")]
+    assert len(summary) == 1 and "ranks=2 epochs=2" in summary[0]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch-0001.keras", "epoch-0002.keras"]
+    if stage == "1":
+        assert f"staging {data} to {tmp_path}/local/dh5-{job}-data.h5 on 1 node(s)" in log
+        assert list(Path(tmp_path / "local").iterdir()) == []  # the staged copy is removed at the end
