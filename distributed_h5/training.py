@@ -17,6 +17,10 @@ from .sequence import EpochSetter, ShardedSequence
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.keras$")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
+# Written by rank 0 beside the checkpoint when it stopped on a signal, removed when a run
+# resumes: job scripts requeue on it (exit statuses are unreliable once a launcher kills
+# the ranks that have not exited yet).
+PREEMPTED_MARKER = "PREEMPTED"
 
 
 class ResumePoint(NamedTuple):
@@ -102,6 +106,13 @@ class _Throughput(keras.callbacks.Callback):
             logs["samples_per_second"] = samples / (time.perf_counter() - self._start)
 
 
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """End ``fit`` after its first epoch (a resumed partial epoch has fewer batches)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
 class _Checkpoint(keras.callbacks.Callback):
     """Rank 0 only: after each epoch, save model and optimizer state atomically, keep the newest few."""
 
@@ -148,6 +159,7 @@ class _StopOnSignal(keras.callbacks.Callback):
         at = ResumePoint(self.epoch, self.offset + batch + 1)
         if self.hvd.rank() == 0:  # rank 0 alone writes
             save_checkpoint(self.model, self.directory, at)
+            (self.directory / PREEMPTED_MARKER).write_text(f"{at.epoch} {at.step}\n")
         # A barrier, so no rank exits (and no launcher kills rank 0) before the checkpoint is on disk.
         self.hvd.allreduce(np.zeros(1, dtype=np.int32), name="distributed_h5.checkpointed")
         signal.signal(self.signum, self.previous)
@@ -267,6 +279,7 @@ def train_model(
     # and the broadcast below gives every rank its weights and optimizer state.
     resume_at = ResumePoint(0)
     if resume and rank == 0:
+        (checkpoint_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
         found = list_checkpoints(checkpoint_dir)
         if found:
             resume_at, newest = found[-1]
@@ -298,21 +311,22 @@ def train_model(
             run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, "tensorboard")))
     run_callbacks += list(callbacks or [])
 
-    def fit(first_epoch: int, last_epoch: int, start_step: int = 0) -> keras.callbacks.History:
+    def fit(first_epoch: int, start_step: int = 0, only_one: bool = False) -> keras.callbacks.History:
         # Keras sizes an epoch from len(train) when fit starts: set the first epoch's batches now.
         train.set_epoch(first_epoch, start_step)
         # shuffle=False: the sequence already holds each epoch's order. Keras would otherwise
         # permute the batches with Python's unseeded global random, differently on every rank.
-        return model.fit(train, epochs=last_epoch, initial_epoch=first_epoch, callbacks=run_callbacks,
-                         shuffle=False, verbose=verbose if rank == 0 else 0)
+        return model.fit(train, epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+                         callbacks=run_callbacks + ([_StopAfterEpoch()] if only_one else []),
+                         verbose=verbose if rank == 0 else 0)
 
     try:
         histories = []
-        if resume_at.step:  # finish the interrupted epoch from the step it stopped at
-            histories.append(fit(resume_at.epoch, resume_at.epoch + 1, resume_at.step))
+        if resume_at.step:  # finish the interrupted epoch from the step it stopped at, in a fit of its own
+            histories.append(fit(resume_at.epoch, resume_at.step, only_one=True))
         first_full_epoch = resume_at.epoch + (1 if resume_at.step else 0)
         if first_full_epoch < epochs:
-            histories.append(fit(first_full_epoch, epochs))
+            histories.append(fit(first_full_epoch))
         return _merge(histories)
     finally:
         hvd_adapter.undistribute_optimizer(model)  # the caller gets its own optimizer back

@@ -119,8 +119,11 @@ def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(tmp_path, small_
     assert stopped.returncode == 1 and "Exit code: 75" in stopped.stderr, stopped.stderr[-3000:]
     # Rank 0 got the signal before batch 3 of epoch 1; both ranks stopped after that batch.
     assert [json.loads((tmp_path / "stopped" / f"rank{r}.stopped").read_text()) for r in (0, 1)] == [[1, 4], [1, 4]]
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0001-step-000004.keras", "epoch-0001.keras"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "PREEMPTED", "epoch-0001-step-000004.keras", "epoch-0001.keras"]
+    assert (checkpoints / "PREEMPTED").read_text() == "1 4\n"
     train(2, "gloo", small_file, tmp_path / "resumed", *common, "--checkpoint-dir", checkpoints, "--resume")
+    assert not (checkpoints / "PREEMPTED").exists()
     assert report(tmp_path / "resumed", 0)["epochs"] == [1, 2]
     for a, b in zip(weights(tmp_path / "resumed", 0), weights(tmp_path / "straight", 0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
