@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--threads", type=_positive, help="reader threads for the parallel run (default: cores, at most 4)")
     io.add_argument("--seconds", type=float, default=10.0, help="time limit per method")
     io.add_argument("--csv", help="append one row per method to this CSV file")
+    scaling = benches.add_parser("scaling", help="throughput and efficiency at several rank counts")
+    scaling.add_argument("file")
+    scaling.add_argument("--ranks", default="1,2", help="comma-separated rank counts (1 is always run, as the base)")
+    scaling.add_argument("--batch-size", type=_positive, default=8, help="per-rank batch for weak scaling")
+    scaling.add_argument("--global-batch", type=_positive, help="global batch for strong scaling (default: batch x max ranks)")
+    scaling.add_argument("--steps", type=_positive, default=30, help="timed steps per run")
+    scaling.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    scaling.add_argument("--width", type=_positive, default=16, help="reference model width")
+    scaling.add_argument("--depth", type=_positive, default=3, help="reference model depth")
+    scaling.add_argument("--launcher", choices=("horovodrun", "srun"), default="horovodrun",
+                         help="srun inside a SLURM allocation (slurm/scaling.sbatch)")
+    scaling.add_argument("--csv", help="write one row per run here")
+    scaling.add_argument("--plot", help="write a PNG of throughput and efficiency against ranks here")
     return parser
 
 
@@ -166,6 +179,19 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.bench == "scaling":
+        from .bench import scaling
+
+        ranks = [int(part) for part in args.ranks.split(",") if part]
+        rows = scaling.bench_scaling(args.file, ranks, batch_size=args.batch_size, global_batch=args.global_batch,
+                                     steps=args.steps, warmup=args.warmup, width=args.width, depth=args.depth,
+                                     launcher=args.launcher)
+        print(scaling.table(rows), flush=True)
+        if args.csv:
+            scaling.write_csv(rows, args.csv)
+        if args.plot:
+            scaling.plot(rows, args.plot)
+        return 0
     from .bench.io import bench_io, report
 
     for path in args.files:

@@ -1,0 +1,254 @@
+"""``distributed-h5 bench scaling``: throughput and efficiency against the number of ranks.
+
+The driver runs the same short training at each rank count, twice: with a fixed batch per
+rank (weak scaling) and with a fixed global batch (strong scaling). Ranks are started with
+``horovodrun`` on a workstation, or with ``srun --mpi=pmix`` inside a SLURM allocation.
+
+Each rank (``python -m distributed_h5.bench.scaling --worker``) runs the package's real
+pieces, the ShardedSequence, the reference model and Horovod's grouped allreduce, in an
+explicit loop so that every step splits into:
+
+* **data wait**: time blocked on the next batch, read by one background thread ahead of
+  use (as Keras' prefetch does);
+* **compute**: forward, backward and the optimizer update;
+* **allreduce**: the grouped average of all gradients.
+
+Efficiency at p ranks is ``throughput(p) / (p * throughput(1))`` in both modes (for strong
+scaling that is the speed-up per rank of a fixed global batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+FIELDS = ("mode", "ranks", "batch_per_rank", "global_batch", "steps", "global_samples_per_second",
+          "per_rank_samples_per_second", "efficiency", "step_seconds", "data_wait_seconds", "compute_seconds",
+          "allreduce_seconds", "data_wait_fraction", "allreduce_bytes_per_step", "read_bytes_per_step")
+
+
+@dataclass
+class Row:
+    mode: str
+    ranks: int
+    batch_per_rank: int
+    global_batch: int
+    steps: int
+    global_samples_per_second: float
+    per_rank_samples_per_second: float
+    efficiency: float
+    step_seconds: float
+    data_wait_seconds: float
+    compute_seconds: float
+    allreduce_seconds: float
+    data_wait_fraction: float
+    allreduce_bytes_per_step: int
+    read_bytes_per_step: int
+
+
+# --- one rank ------------------------------------------------------------------------------
+def worker(args) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    threads = int(os.environ.get("DH5_TF_THREADS", "0"))
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import keras
+
+    from .. import horovod as hvd_adapter
+    from ..models import video_classifier
+    from ..sequence import ShardedSequence
+
+    hvd = hvd_adapter.init()
+    sequence = ShardedSequence(args.file, batch_size=args.batch_size, rank=hvd.rank(), size=hvd.size(),
+                               validation_ratio=0.0, seed=0)
+    info = sequence.info
+    model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth, dropout=0.0, seed=0)
+    optimizer = keras.optimizers.SGD(0.01)
+    optimizer.build(model.trainable_variables)
+    hvd_adapter.broadcast_state(_Compiled(model, optimizer), hvd)
+    loss_fn = keras.losses.CategoricalCrossentropy()
+
+    @tf.function
+    def gradients(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    @tf.function
+    def allreduce(grads):
+        return hvd.grouped_allreduce(grads, op=hvd.Average)
+
+    @tf.function
+    def apply(grads):
+        optimizer.apply(grads, model.trainable_variables)
+
+    steps = args.warmup + args.steps
+    reader = ThreadPoolExecutor(1)  # one batch read ahead of use, like Keras' prefetch
+    future = reader.submit(sequence.__getitem__, 0)
+    wait = compute = reduce = 0.0
+    start = None
+    for step in range(steps):
+        if step == args.warmup:
+            hvd.allreduce(np.zeros(1), name="bench.start")  # all ranks start the timed part together
+            wait = compute = reduce = 0.0
+            start = time.perf_counter()
+        t0 = time.perf_counter()
+        x, y = future.result()
+        future = reader.submit(sequence.__getitem__, (step + 1) % len(sequence))
+        t1 = time.perf_counter()
+        loss, grads = gradients(x, y)
+        loss.numpy()
+        t2 = time.perf_counter()
+        grads = allreduce(grads)
+        grads[0].numpy()
+        t3 = time.perf_counter()
+        apply(grads)
+        t4 = time.perf_counter()
+        wait, compute, reduce = wait + t1 - t0, compute + (t2 - t1) + (t4 - t3), reduce + t3 - t2
+    elapsed = time.perf_counter() - start
+    reader.shutdown()
+    totals = hvd.allgather_object({"elapsed": elapsed, "wait": wait, "compute": compute, "reduce": reduce})
+    if hvd.rank() == 0:
+        gradient_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.trainable_variables)
+        result = {
+            "ranks": hvd.size(),
+            "steps": args.steps,
+            "elapsed": max(t["elapsed"] for t in totals),
+            "wait": sum(t["wait"] for t in totals) / len(totals) / args.steps,
+            "compute": sum(t["compute"] for t in totals) / len(totals) / args.steps,
+            "reduce": sum(t["reduce"] for t in totals) / len(totals) / args.steps,
+            "gradient_bytes": gradient_bytes,
+            "read_bytes": args.batch_size * info.clip_bytes,
+        }
+        with open(args.out, "w") as handle:
+            json.dump(result, handle)
+
+
+class _Compiled:
+    """What broadcast_state needs: variables and an optimizer, without compiling a model."""
+
+    def __init__(self, model, optimizer):
+        self.variables, self.trainable_variables, self.optimizer = model.variables, model.trainable_variables, optimizer
+
+
+# --- the driver ----------------------------------------------------------------------------
+def launch_command(ranks: int, launcher: str) -> list[str]:
+    if launcher == "srun":
+        # Inside an allocation (slurm/scaling.sbatch): one task per rank, PMIx for Open MPI.
+        return ["srun", "--mpi=pmix", "--kill-on-bad-exit=1", f"--ntasks={ranks}", "--exact"]
+    return ["horovodrun", "-np", str(ranks)]
+
+
+def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup: int, width: int, depth: int,
+              launcher: str) -> dict:
+    """Launch ``ranks`` workers and return rank 0's measurements."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "result.json")
+        command = [*launch_command(ranks, launcher), sys.executable, "-m", "distributed_h5.bench.scaling", "--worker",
+                   file, "--batch-size", str(batch_per_rank), "--steps", str(steps), "--warmup", str(warmup),
+                   "--width", str(width), "--depth", str(depth), "--out", out]
+        env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE", TF_CPP_MIN_LOG_LEVEL="3")
+        env.setdefault("DH5_TF_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
+        print("+ " + " ".join(command), file=sys.stderr, flush=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+        with open(out) as handle:
+            return json.load(handle)
+
+
+def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_batch: int | None = None,
+                  steps: int = 30, warmup: int = 5, width: int = 16, depth: int = 3,
+                  launcher: str = "horovodrun") -> list[Row]:
+    """Weak- and strong-scaling rows for each rank count (1 is always measured, as the base)."""
+    ranks = sorted(set(ranks) | {1})
+    global_batch = global_batch or batch_size * max(ranks)
+    rows = []
+    for mode in ("weak", "strong"):
+        base = None
+        for count in ranks:
+            if mode == "strong" and global_batch % count:
+                raise ValueError(f"global_batch={global_batch} does not divide by {count} ranks; pick another --global-batch")
+            per_rank = batch_size if mode == "weak" else global_batch // count
+            point = run_point(file, count, per_rank, steps=steps, warmup=warmup, width=width, depth=depth,
+                              launcher=launcher)
+            throughput = count * per_rank * point["steps"] / point["elapsed"]
+            base = throughput if count == 1 else base
+            step = point["elapsed"] / point["steps"]
+            rows.append(Row(mode, count, per_rank, per_rank * count, point["steps"], throughput, throughput / count,
+                            throughput / (count * base), step, point["wait"], point["compute"], point["reduce"],
+                            point["wait"] / step, point["gradient_bytes"], point["read_bytes"]))
+    return rows
+
+
+def write_csv(rows: list[Row], path: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+
+
+def table(rows: list[Row]) -> str:
+    lines = [f"{'mode':<7}{'ranks':>6}{'batch/rank':>11}{'samples/s':>11}{'per rank':>10}{'eff.':>7}"
+             f"{'step ms':>9}{'wait ms':>9}{'compute ms':>11}{'allred. ms':>11}{'wait %':>8}{'allred. MB':>11}"]
+    for r in rows:
+        lines.append(f"{r.mode:<7}{r.ranks:>6}{r.batch_per_rank:>11}{r.global_samples_per_second:>11.1f}"
+                     f"{r.per_rank_samples_per_second:>10.1f}{r.efficiency:>7.2f}{r.step_seconds * 1e3:>9.1f}"
+                     f"{r.data_wait_seconds * 1e3:>9.2f}{r.compute_seconds * 1e3:>11.1f}{r.allreduce_seconds * 1e3:>11.2f}"
+                     f"{100 * r.data_wait_fraction:>8.2f}{r.allreduce_bytes_per_step / 1e6:>11.3f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, marker in (("weak", "o"), ("strong", "s")):
+        chosen = [r for r in rows if r.mode == mode]
+        left.plot([r.ranks for r in chosen], [r.global_samples_per_second for r in chosen], marker=marker, label=mode)
+        right.plot([r.ranks for r in chosen], [r.efficiency for r in chosen], marker=marker, label=mode)
+    ranks = sorted({r.ranks for r in rows})
+    base = next(r.global_samples_per_second for r in rows if r.mode == "weak" and r.ranks == 1)
+    left.plot(ranks, [base * p for p in ranks], "k--", linewidth=0.8, label="linear (weak)")
+    left.set(xlabel="ranks", ylabel="samples / s (all ranks)", title="Throughput", xticks=ranks)
+    right.set(xlabel="ranks", ylabel="efficiency", title="Scaling efficiency", xticks=ranks, ylim=(0, 1.1))
+    right.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m distributed_h5.bench.scaling")
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("file")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    worker(args)
+
+
+if __name__ == "__main__":
+    main()
