@@ -159,7 +159,9 @@ def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup:
                    file, "--batch-size", str(batch_per_rank), "--steps", str(steps), "--warmup", str(warmup),
                    "--width", str(width), "--depth", str(depth), "--out", out]
         env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE", TF_CPP_MIN_LOG_LEVEL="3")
-        env.setdefault("DH5_TF_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
+        # One TensorFlow thread per rank unless told otherwise: every rank count then runs each
+        # rank alike, so the efficiency measures scaling, not a change in threading.
+        env.setdefault("DH5_TF_THREADS", "1")
         print("+ " + " ".join(command), file=sys.stderr, flush=True)
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not os.path.exists(out):

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,18 @@ def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(tmp_path, small_
     assert report(tmp_path / "resumed", 0)["epochs"] == [1, 2]
     for a, b in zip(weights(tmp_path / "resumed", 0), weights(tmp_path / "straight", 0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+def test_launch_horovodrun_script(tmp_path, small_file, controller):
+    """launch/horovodrun.sh prints the exact command, sets one TF thread per rank, and trains."""
+    from .conftest import horovodrun_env
+
+    script = Path(__file__).parents[2] / "launch" / "horovodrun.sh"
+    result = subprocess.run(["bash", script, "-np", "2", f"--{controller}", small_file, "--epochs", "1",
+                             "--batch-size", "4", "--width", "4", "--depth", "1"],
+                            env=horovodrun_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"+ DH5_TF_THREADS=1 horovodrun -np 2 --{controller} distributed-h5 train {small_file} --epochs 1" in result.stderr
+    summary = [line for line in result.stdout.splitlines() if "summary:" in line]
+    assert len(summary) == 1 and "ranks=2 epochs=1 " in summary[0]

@@ -1,5 +1,6 @@
 """The sbatch templates and launch scripts, on a real SLURM cluster and through shellcheck."""
 
+import csv
 import re
 import subprocess
 import time
@@ -95,3 +96,29 @@ def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes(cluster, 
     assert f"summary: ranks=2 epochs={20 - epochs_done} " in second
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["epoch-0019.keras", "epoch-0020.keras"]
+
+
+def test_scaling_sbatch_writes_a_row_per_rank_count(cluster, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DH5_ROOT", str(ROOT))
+    monkeypatch.setenv("DH5_RUN_DIR", str(tmp_path / "run"))
+    result = sbatch(cluster, "--ntasks=2", "--cpus-per-task=1", "--output=job-%j.out", ROOT / "slurm" / "scaling.sbatch",
+                    data, "--steps", 3, "--warmup", 1, "--width", 4, "--depth", 1, "--batch-size", 4, cwd=tmp_path)
+    log = (tmp_path / f"job-{result.stdout.strip()}.out").read_text()
+    assert result.returncode == 0, log[-5000:]
+    assert "scaling over ranks 1,2 on 1 node(s)" in log
+    rows = list(csv.DictReader((tmp_path / "run" / "scaling.csv").open()))
+    assert [(r["mode"], r["ranks"], r["batch_per_rank"], r["steps"]) for r in rows] == [
+        ("weak", "1", "4", "3"), ("weak", "2", "4", "3"), ("strong", "1", "8", "3"), ("strong", "2", "4", "3")]
+    assert all(float(r["global_samples_per_second"]) > 0 for r in rows)
+    assert (tmp_path / "run" / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mpirun_launch_inside_an_allocation(cluster, data, tmp_path):
+    """launch/mpirun.sh in a 2-task allocation: Open MPI takes the ranks from SLURM."""
+    script = f"#!/bin/bash\nexport PATH={ROOT}/.venv/bin:$PATH\n{ROOT}/launch/mpirun.sh {data} --epochs 1 --batch-size 8 --width 4 --depth 1\n"
+    (tmp_path / "job.sh").write_text(script)
+    result = sbatch(cluster, "--ntasks=2", "--cpus-per-task=1", "--output=job-%j.out", tmp_path / "job.sh", cwd=tmp_path)
+    log = (tmp_path / f"job-{result.stdout.strip()}.out").read_text()
+    assert result.returncode == 0, log[-5000:]
+    assert "+ mpirun -np 2 --bind-to none --map-by slot --allow-run-as-root" in log
+    assert re.search(r"^summary: ranks=2 epochs=1 ", log, re.M), log[-3000:]
