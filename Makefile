@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: install install-test test test-unit test-parallel demo bench-io clean
+.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling clean
 
 install:
 	bash scripts/install.sh
@@ -33,6 +33,16 @@ bench-io: install
 	    --frames 16 --channels 3 --size 64 64 --chunks $$chunks --compression $$compression; done
 	rm -f bench-results/io.csv
 	distributed-h5 bench io data/bench/{contiguous,clip,gzip,lzf}.h5 --csv bench-results/io.csv | tee bench-results/io.txt
+
+# Scaling at demo size (1 and 2 ranks) and its projection to 8, 64 and 512 ranks.
+bench-scaling: install
+	bash scripts/bench-scaling.sh
+
+# Everything, then docs/BENCHMARKS.md from the results.
+bench: bench-io bench-scaling
+	mkdir -p docs
+	cp bench-results/scaling.png docs/scaling.png
+	python -m distributed_h5.bench.report bench-results docs/BENCHMARKS.md
 
 clean:
 	rm -rf data runs .pytest_cache .hypothesis

@@ -39,6 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--sample-count", type=_positive, help="the sample_count attribute (default: --samples)")
     make.add_argument("--seed", type=int, default=0)
 
+    convert = commands.add_parser("convert", help="video files to the HDF5 layout (parallel under mpirun or srun)")
+    convert.add_argument("source", help="SRC/<class>/<video> folders, or the folder CSV paths are relative to")
+    convert.add_argument("out", help="output HDF5 file")
+    convert.add_argument("--frames", type=_positive, required=True, help="frames sampled uniformly per video")
+    convert.add_argument("--size", type=_positive, nargs=2, required=True, metavar=("H", "W"))
+    convert.add_argument("--classes-from", default="folders", help="'folders' (default) or a CSV of path,label")
+    convert.add_argument("--channels", type=int, choices=(3, 1), default=3)
+    convert.add_argument("--fit", choices=("crop", "pad"), default="crop", help="keep the aspect ratio by centre crop or pad")
+    convert.add_argument("--short", choices=("pad", "skip"), default="pad",
+                         help="videos with fewer frames: repeat the last frame, or skip them")
+    convert.add_argument("--chunks", choices=("clip", "none"), default="clip")
+    convert.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none")
+    convert.add_argument("--resume", action="store_true", help="keep the parts an interrupted run completed")
+    convert.add_argument("--part-videos", type=_positive, default=16, help="videos per part file (the unit of resume)")
+    convert.add_argument("--strict", action="store_true", help="exit non-zero if any video fails")
+
     inspect = commands.add_parser("inspect", help="print a dataset's layout, or why it is invalid")
     inspect.add_argument("file")
 
@@ -89,6 +105,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="srun inside a SLURM allocation (slurm/scaling.sbatch)")
     scaling.add_argument("--csv", help="write one row per run here")
     scaling.add_argument("--plot", help="write a PNG of throughput and efficiency against ranks here")
+    model = scaling.add_argument_group("projection beyond this machine (docs/BENCHMARKS.md explains the model)")
+    model.add_argument("--from-csv", help="use the rows of an earlier --csv instead of measuring (FILE is then unused)")
+    model.add_argument("--project", help="comma-separated rank counts to project, e.g. 8,64,512")
+    model.add_argument("--compute-ms", type=float, help="per-step compute instead of the measured one (e.g. a GPU's)")
+    model.add_argument("--gradient-mb", type=float, help="gradient MB per step instead of the reference model's")
+    model.add_argument("--link-gbps", type=float, default=100.0, help="network per node, Gb/s (default 100)")
+    model.add_argument("--latency-us", type=float, default=5.0, help="per-message latency, us (default 5)")
+    model.add_argument("--shared-fs-gbps", type=float, default=20.0,
+                       help="shared file system, aggregate GB/s (default 20)")
+    model.add_argument("--local-gbps", type=float, default=2.0, help="node-local storage per node, GB/s (default 2)")
+    model.add_argument("--ranks-per-node", type=_positive, default=8)
     return parser
 
 
@@ -100,6 +127,17 @@ def _make_synthetic(args) -> int:
                           compression=args.compression, seed=args.seed, sample_count=args.sample_count)
     print(f"wrote {path}")
     return 0
+
+
+def _convert(args) -> int:
+    from .convert import convert, report
+
+    summary = convert(args.source, args.out, frames=args.frames, size=tuple(args.size), classes_from=args.classes_from,
+                      channels=args.channels, fit=args.fit, short=args.short, chunks=args.chunks,
+                      compression=args.compression, resume=args.resume, part_videos=args.part_videos)
+    if summary.rank == 0:  # one report for the job
+        print(report(summary, args.out), flush=True)
+    return 0 if summary.converted and not (args.strict and summary.failed) else 1
 
 
 def _inspect(args) -> int:
@@ -182,15 +220,31 @@ def _bench(args) -> int:
     if args.bench == "scaling":
         from .bench import scaling
 
-        ranks = [int(part) for part in args.ranks.split(",") if part]
-        rows = scaling.bench_scaling(args.file, ranks, batch_size=args.batch_size, global_batch=args.global_batch,
-                                     steps=args.steps, warmup=args.warmup, width=args.width, depth=args.depth,
-                                     launcher=args.launcher)
+        if args.from_csv:  # project from an earlier measurement instead of measuring again
+            rows = scaling.read_csv(args.from_csv)
+        else:
+            ranks = [int(part) for part in args.ranks.split(",") if part]
+            rows = scaling.bench_scaling(args.file, ranks, batch_size=args.batch_size, global_batch=args.global_batch,
+                                         steps=args.steps, warmup=args.warmup, width=args.width, depth=args.depth,
+                                         launcher=args.launcher)
         print(scaling.table(rows), flush=True)
         if args.csv:
             scaling.write_csv(rows, args.csv)
         if args.plot:
             scaling.plot(rows, args.plot)
+        if args.project:
+            from .bench import projection
+
+            base = next(row for row in rows if row.mode == "weak" and row.ranks == 1)
+            assumptions = projection.Assumptions(
+                compute_seconds=args.compute_ms / 1e3 if args.compute_ms else base.compute_seconds,
+                gradient_bytes=int(args.gradient_mb * 1e6) if args.gradient_mb else base.allreduce_bytes_per_step,
+                read_bytes=base.read_bytes_per_step,
+                link_gbit_per_second=args.link_gbps, latency_seconds=args.latency_us / 1e6,
+                shared_fs_gbyte_per_second=args.shared_fs_gbps, local_gbyte_per_second=args.local_gbps,
+                ranks_per_node=args.ranks_per_node)
+            print(projection.describe(assumptions))
+            print(projection.table(projection.project(assumptions, [int(p) for p in args.project.split(",") if p])))
         return 0
     from .bench.io import bench_io, report
 
@@ -202,7 +256,8 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = {"make-synthetic": _make_synthetic, "inspect": _inspect, "train": _train, "bench": _bench}[args.command]
+    command = {"make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect, "train": _train,
+               "bench": _bench}[args.command]
     try:
         return command(args)
     except (DatasetError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import keras
 import numpy as np
@@ -62,6 +63,7 @@ class ShardedSequence(keras.utils.PyDataset):
         self.batch_size, self.subset, self.validation_ratio = batch_size, subset, validation_ratio
         self.seed, self.remainder, self.threads, self.locking = seed, remainder, threads, locking
         self._reader, self._reader_pid = None, None
+        self.read_seconds = 0.0
         self.set_epoch(epoch)
 
     @property
@@ -90,7 +92,10 @@ class ShardedSequence(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < len(self._batches):
             raise IndexError(f"batch index must be in [0, {len(self._batches)}). Received: {i}")
-        return self.reader().read(self._batches[i])
+        start = time.perf_counter()
+        batch = self.reader().read(self._batches[i])
+        self.read_seconds += time.perf_counter() - start  # seen by this process only (threads, not worker processes)
+        return batch
 
     def reader(self) -> BatchReader:
         """This process's reader, opened on first use (an h5py handle must not cross a fork)."""

@@ -90,20 +90,26 @@ class _GlobalMetrics(keras.callbacks.Callback):
             logs.update({f"val_{k}": float(v) for k, v in evaluate(self.model, self.validation, self.hvd).items()})
 
 
-class _Throughput(keras.callbacks.Callback):
-    """Samples per second over the whole run, counting every rank's samples."""
+class _EpochTiming(keras.callbacks.Callback):
+    """Per epoch: samples per second (all ranks' samples), and ``data_read_fraction``, the
+    share of the epoch this rank's reader was busy. Batches are read ahead of use, so reads
+    hide behind compute while the fraction stays well below 1; near 1 the input is the
+    bottleneck and steps wait for data (``bench scaling`` measures that wait exactly).
+    Reads in worker processes (``use_multiprocessing``) are not seen here."""
 
     def __init__(self, sequence: ShardedSequence):
         super().__init__()
         self.sequence = sequence
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start, self._read = time.perf_counter(), self.sequence.read_seconds
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
+            elapsed = time.perf_counter() - self._start
             samples = len(self.sequence) * self.sequence.batch_size * self.sequence.size
-            logs["samples_per_second"] = samples / (time.perf_counter() - self._start)
+            logs["samples_per_second"] = samples / elapsed
+            logs["data_read_fraction"] = (self.sequence.read_seconds - self._read) / elapsed
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):
@@ -292,7 +298,7 @@ def train_model(
     if resume_at.epoch >= epochs:
         return keras.callbacks.History()
 
-    run_callbacks = [EpochSetter(train, resume_at=resume_at), _Throughput(train)]
+    run_callbacks = [EpochSetter(train, resume_at=resume_at), _EpochTiming(train)]
     if scale_learning_rate:
         run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, steps_per_epoch, resume_at))
     if stop_signal is not None:

@@ -57,7 +57,7 @@ if [[ -z ${DH5_TF_SPEC:-} ]]; then
         DH5_TF_SPEC='tensorflow-cpu==2.21.*'
     fi
 fi
-extras=mpi,bench
+extras=mpi,bench,video
 ((with_test)) && extras+=,test
 # Re-run pip only when the requirements changed: a warm install then costs well under a second.
 # A test install also satisfies a plain one.

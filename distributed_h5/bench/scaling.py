@@ -202,6 +202,14 @@ def write_csv(rows: list[Row], path: str) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
 
 
+def read_csv(path: str) -> list[Row]:
+    """Rows written by :func:`write_csv`."""
+    types = {name: type_ for name, type_ in Row.__annotations__.items()}
+    convert = {"str": str, "int": int, "float": float}
+    with open(path, newline="") as handle:
+        return [Row(**{k: convert[types[k]](v) for k, v in row.items()}) for row in csv.DictReader(handle)]
+
+
 def table(rows: list[Row]) -> str:
     lines = [f"{'mode':<7}{'ranks':>6}{'batch/rank':>11}{'samples/s':>11}{'per rank':>10}{'eff.':>7}"
              f"{'step ms':>9}{'wait ms':>9}{'compute ms':>11}{'allred. ms':>11}{'wait %':>8}{'allred. MB':>11}"]

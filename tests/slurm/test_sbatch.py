@@ -122,3 +122,17 @@ def test_mpirun_launch_inside_an_allocation(cluster, data, tmp_path):
     assert result.returncode == 0, log[-5000:]
     assert "+ mpirun -np 2 --bind-to none --map-by slot --allow-run-as-root" in log
     assert re.search(r"^summary: ranks=2 epochs=1 ", log, re.M), log[-3000:]
+
+
+def test_convert_with_srun_pmix(cluster, tmp_path):
+    """The README's cluster conversion line: srun --mpi=pmix gives each task a share of the videos."""
+    from ..videos import make_tree
+
+    make_tree(tmp_path / "videos")
+    line = (f"srun --mpi=pmix {ROOT}/.venv/bin/distributed-h5 convert {tmp_path}/videos {tmp_path}/videos.h5 "
+            "--frames 8 --size 24 32 --part-videos 4")
+    result = sbatch(cluster, "--ntasks=2", "--cpus-per-task=1", "--output=job-%j.out", "--wrap", line, cwd=tmp_path)
+    log = (tmp_path / f"job-{result.stdout.strip()}.out").read_text()
+    assert result.returncode == 0, log[-3000:]
+    assert log.count(f"converted 14 video(s) into {tmp_path}/videos.h5") == 1
+    assert "  blue/blue_corrupt.mp4: cannot be decoded" in log

@@ -1,0 +1,91 @@
+"""Write docs/BENCHMARKS.md from the files ``make bench`` produced in bench-results/.
+
+    python -m distributed_h5.bench.report bench-results docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+
+def machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        import tensorflow as tf
+
+        stack = f"TensorFlow {tf.__version__}"
+    except ImportError:
+        stack = "TensorFlow not importable"
+    horovod = subprocess.run([sys.executable, "-c", "import horovod; print(horovod.__version__)"],
+                             capture_output=True, text=True).stdout.strip() or "not importable"
+    return (f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, no GPU; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}, {stack}, Horovod {horovod}; measured {date.today().isoformat()}")
+
+
+def io_table(path: Path) -> str:
+    rows = list(csv.DictReader(path.open()))
+    lines = ["| file | layout | method | samples/s | GB/s | × ceiling |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['file']} | {r['layout']} | {r['method']} | {float(r['samples_per_second']):.0f} | "
+                     f"{float(r['gb_per_second']):.3f} | {float(r['ratio_to_ceiling']):.3f} |")
+    return "\n".join(lines)
+
+
+def io_summary(path: Path) -> str:
+    rows = list(csv.DictReader(path.open()))
+    lines = []
+    for file in dict.fromkeys(r["file"] for r in rows):
+        chosen = {r["method"].split(" ")[0]: r for r in rows if r["file"] == file}
+        best = max((r for name, r in chosen.items() if name.startswith("sequence")),
+                   key=lambda r: float(r["gb_per_second"]))
+        original = float(chosen["original"]["gb_per_second"])
+        lines.append(f"- `{file}`: best ShardedSequence run ({best['method']}) reads at "
+                     f"{float(best['ratio_to_ceiling']):.2f}× the sequential ceiling and "
+                     f"{float(best['gb_per_second']) / original:.0f}× the original reader.")
+    return "\n".join(lines)
+
+
+def scaling_table(path: Path) -> str:
+    rows = list(csv.DictReader(path.open()))
+    lines = ["| mode | ranks | batch/rank | samples/s | per rank | efficiency | step ms | data wait ms | compute ms | "
+             "allreduce ms | data wait % | allreduce MB/step |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['ranks']} | {r['batch_per_rank']} | {float(r['global_samples_per_second']):.1f} | "
+            f"{float(r['per_rank_samples_per_second']):.1f} | {float(r['efficiency']):.2f} | "
+            f"{float(r['step_seconds']) * 1e3:.1f} | {float(r['data_wait_seconds']) * 1e3:.2f} | "
+            f"{float(r['compute_seconds']) * 1e3:.1f} | {float(r['allreduce_seconds']) * 1e3:.2f} | "
+            f"{100 * float(r['data_wait_fraction']):.2f} | {int(r['allreduce_bytes_per_step']) / 1e6:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    results, out = Path(argv[0]), Path(argv[1])
+    template = (Path(__file__).with_name("BENCHMARKS.md.in")).read_text()
+    text = template.format(
+        machine=machine(),
+        io_table=io_table(results / "io.csv"),
+        io_summary=io_summary(results / "io.csv"),
+        scaling_table=scaling_table(results / "scaling.csv"),
+        scaling_command=(results / "scaling.command").read_text().strip(),
+        projections="\n\n".join(f"```\n{path.read_text().rstrip()}\n```" for path in sorted(results.glob("projection*.txt"))),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

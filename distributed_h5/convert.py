@@ -1,0 +1,323 @@
+"""``distributed-h5 convert``: video files to the package's HDF5 layout, in parallel with MPI.
+
+Input is a class-per-folder tree (``SRC/<class>/<video>``, as UCF101, HMDB51 and Kinetics
+ship) or a CSV of ``path,label`` lines. Videos are decoded with PyAV, which brings its
+own FFmpeg. Each clip is ``frames`` frames sampled uniformly over the video, fitted to
+``size`` (centre crop or pad, keeping the aspect ratio), stored as uint8 channels-first.
+
+Work is cut into parts of ``part_videos`` consecutive videos, independent of the number of
+ranks. Rank ``r`` of ``n`` converts parts ``r, r + n, ...`` into part files of its own
+(no two processes ever write one HDF5 file); rank 0 then joins them, in part order, into
+one file. So every good video appears exactly once, in the same order for any ``n``.
+Part files are written under temporary names and renamed when complete, and the output
+likewise: an interrupted run leaves no file that looks valid, and ``resume=True`` keeps
+the completed parts. Memory stays at one decoded clip per rank.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
+PART_VIDEOS = 16  # videos per part file: the unit of work and of resume
+FITS = ("crop", "pad")
+SHORT_POLICIES = ("pad", "skip")
+
+
+@dataclass(frozen=True)
+class Video:
+    path: str  # as listed: relative to SRC for folders, as written in the CSV otherwise
+    label: int
+
+
+@dataclass
+class Clip:
+    frames: np.ndarray  # (frames, channels, rows, cols) uint8
+    frame_count: int
+    frame_rate: float
+
+
+@dataclass
+class Summary:
+    converted: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    rank: int = 0  # of the process holding this summary: rank 0 reports
+
+
+class VideoError(Exception):
+    """A video that cannot be converted; the message is the reason."""
+
+
+# --- listing -------------------------------------------------------------------------------
+def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> tuple[list[Video], list[str], Path]:
+    """The videos in a deterministic order, the class names, and the folder paths are relative to."""
+    source = Path(source)
+    if classes_from == "folders":
+        if not source.is_dir():
+            raise ValueError(f"SRC must be a folder of class folders with classes_from='folders'. Received: {source}")
+        names = sorted(entry.name for entry in source.iterdir() if entry.is_dir())
+        if not names:
+            raise ValueError(f"{source} has no class folders; expected SRC/<class>/<video>")
+        videos = [Video(str(path.relative_to(source)), label)
+                  for label, name in enumerate(names)
+                  for path in sorted((source / name).rglob("*"))
+                  if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES]
+        return videos, names, source
+    table = Path(classes_from)
+    if not table.is_file():
+        raise ValueError(f"classes_from must be 'folders' or a CSV file of path,label. Received: {classes_from!r}")
+    with table.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    if rows and rows[0][:2] == ["path", "label"]:
+        rows = rows[1:]
+    bad = [i for i, row in enumerate(rows) if len(row) != 2]
+    if bad:
+        raise ValueError(f"{table}: line {bad[0] + 1} is {rows[bad[0]]}, expected path,label")
+    names = sorted({label for _, label in rows})
+    index = {name: i for i, name in enumerate(names)}
+    return [Video(path, index[label]) for path, label in rows], names, source if source.is_dir() else table.parent
+
+
+# --- decoding ------------------------------------------------------------------------------
+def _scaled_size(height: int, width: int, size: tuple[int, int], fit: str) -> tuple[int, int]:
+    """(height, width) to scale a frame to before :func:`_fit`, keeping its aspect ratio."""
+    rows, cols = size
+    if fit == "crop":  # the short side fits; the long side is then cut
+        scale = max(rows / height, cols / width)
+        return max(rows, round(height * scale)), max(cols, round(width * scale))
+    scale = min(rows / height, cols / width)  # the long side fits; the short side is then padded
+    return min(rows, max(1, round(height * scale))), min(cols, max(1, round(width * scale)))
+
+
+def _fit(image: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
+    """Centre-crop (or zero-pad) a scaled (rows, cols, channels) image to ``size``."""
+    rows, cols = size
+    height, width = image.shape[:2]
+    if fit == "crop":
+        top, left = (height - rows) // 2, (width - cols) // 2
+        return image[top : top + rows, left : left + cols]
+    out = np.zeros((rows, cols, image.shape[2]), dtype=np.uint8)
+    top, left = (rows - height) // 2, (cols - width) // 2
+    out[top : top + height, left : left + width] = image
+    return out
+
+
+def decode(path: str | os.PathLike, *, frames: int, size: tuple[int, int], channels: int = 3, fit: str = "crop",
+           short: str = "pad") -> Clip:
+    """``frames`` frames sampled uniformly over the video at ``path``, fitted to ``size``.
+
+    Raises :class:`VideoError` for a video that cannot be decoded, has no frames, or (with
+    ``short="skip"``) has fewer than ``frames``.
+    """
+    import av
+
+    pixel_format = "rgb24" if channels == 3 else "gray"
+    kept = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError("no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            for frame in container.decode(stream):
+                # Scale with FFmpeg (swscale) right away, so only small frames are kept.
+                height, width = _scaled_size(frame.height, frame.width, size, fit)
+                image = frame.reformat(width=width, height=height, format=pixel_format).to_ndarray()
+                kept.append(_fit(image.reshape(height, width, channels), size, fit))
+    except VideoError:
+        raise
+    except Exception as exc:  # PyAV raises many types (InvalidDataError, OSError, ...) for broken files
+        raise VideoError(f"cannot be decoded: {type(exc).__name__}: {exc}") from exc
+    if not kept:
+        raise VideoError("no frames")
+    if len(kept) < frames and short == "skip":
+        raise VideoError(f"{len(kept)} frames, fewer than {frames}")
+    # Uniform over the video; a short one repeats its last frame.
+    picks = np.linspace(0, len(kept) - 1, frames).round().astype(int) if len(kept) >= frames else \
+        np.minimum(np.arange(frames), len(kept) - 1)
+    clip = np.stack([kept[i] for i in picks]).transpose(0, 3, 1, 2)  # (frames, channels, rows, cols)
+    return Clip(np.ascontiguousarray(clip), len(kept), rate)
+
+
+# --- the job -------------------------------------------------------------------------------
+def _world():
+    """(rank, size, comm) under an MPI launcher, else (0, 1, None) without touching MPI."""
+    launched = any(name in os.environ for name in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"))
+    if not launched:
+        return 0, 1, None
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise RuntimeError(f"run under an MPI launcher but mpi4py is not importable: {exc}") from exc
+    comm = MPI.COMM_WORLD
+    return comm.Get_rank(), comm.Get_size(), comm
+
+
+def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options: dict, on_video) -> list[tuple[str, str]]:
+    """Convert ``videos`` (global index, video) into the part file ``path``; return the failures."""
+    frames, (rows, cols), channels = options["frames"], options["size"], options["channels"]
+    partial = path.with_name(path.name + ".partial")
+    failures, index, counts, rates = [], [], [], []
+    with h5py.File(partial, "w") as file:
+        x = file.create_dataset("X", shape=(0, frames, channels, rows, cols), maxshape=(None, frames, channels, rows, cols),
+                                dtype=np.uint8, chunks=(1, frames, channels, rows, cols))
+        for number, video in videos:
+            try:
+                clip = decode(root / video.path, frames=frames, size=(rows, cols), channels=channels,
+                              fit=options["fit"], short=options["short"])
+            except VideoError as exc:
+                failures.append((video.path, str(exc)))
+            else:
+                x.resize(len(index) + 1, axis=0)
+                x[len(index)] = clip.frames
+                index.append(number)
+                counts.append(clip.frame_count)
+                rates.append(clip.frame_rate)
+            on_video()
+        file.create_dataset("index", data=np.array(index, dtype=np.int64))
+        file.create_dataset("frame_counts", data=np.array(counts, dtype=np.int64))
+        file.create_dataset("frame_rates", data=np.array(rates, dtype=np.float64))
+        file.attrs["failures"] = json.dumps(failures)
+    os.replace(partial, path)
+    return failures
+
+
+def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[str], options: dict) -> int:
+    """Rank 0: copy the parts, in order, into ``out`` (written as ``out.partial``, then renamed)."""
+    index = []
+    for part in parts:
+        with h5py.File(part, "r") as file:
+            index.append(file["index"][:])
+    index = np.concatenate(index)
+    total = int(index.size)
+    if total == 0:
+        return 0
+    frames, (rows, cols), channels = options["frames"], options["size"], options["channels"]
+    partial = out.with_name(out.name + ".partial")
+    chunks = (1, frames, channels, rows, cols) if options["chunks"] == "clip" else None
+    compression = None if options["compression"] == "none" else options["compression"]
+    with h5py.File(partial, "w") as file:
+        x = file.create_dataset("X", shape=(total, frames, channels, rows, cols), dtype=np.uint8,
+                                chunks=chunks, compression=compression)
+        labels = np.array([videos[i].label for i in index])
+        file.create_dataset("Y", data=np.eye(len(class_names), dtype=np.uint8)[labels])
+        file.create_dataset("source_paths", data=np.array([videos[i].path for i in index], dtype=h5py.string_dtype()))
+        start = 0
+        counts, rates = [], []
+        for part in parts:
+            with h5py.File(part, "r") as source:
+                clips = source["X"]
+                for row in range(clips.shape[0]):  # one clip at a time: memory stays at one clip
+                    x[start + row] = clips[row]
+                start += clips.shape[0]
+                counts.append(source["frame_counts"][:])
+                rates.append(source["frame_rates"][:])
+        file.create_dataset("frame_counts", data=np.concatenate(counts))
+        file.create_dataset("frame_rates", data=np.concatenate(rates))
+        file.attrs["class_names"] = np.array(class_names, dtype=h5py.string_dtype())
+        file.attrs["sample_count"] = np.int64(total)
+        file.attrs["generator"] = "distributed_h5.convert"
+    os.replace(partial, out)
+    return total
+
+
+def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, size: tuple[int, int],
+            classes_from: str = "folders", channels: int = 3, fit: str = "crop", short: str = "pad",
+            chunks: str = "clip", compression: str = "none", resume: bool = False,
+            part_videos: int = PART_VIDEOS, progress: bool = True) -> Summary:
+    """Convert the videos under ``source`` into ``out``; run in every process of an MPI job, or alone.
+
+    Returns the summary (on rank 0; other ranks get theirs): how many videos were converted
+    and which failed, with the reason. Failed videos never stop the run.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    if fit not in FITS or short not in SHORT_POLICIES:
+        raise ValueError(f"fit must be one of {FITS} and short one of {SHORT_POLICIES}. Received: {fit!r}, {short!r}")
+    if chunks not in ("clip", "none") or compression not in ("none", "gzip", "lzf"):
+        raise ValueError(f"chunks must be clip|none and compression none|gzip|lzf. Received: {chunks!r}, {compression!r}")
+    if compression != "none" and chunks == "none":
+        raise ValueError(f"compression={compression!r} needs chunks='clip'")
+    if frames < 1 or min(size) < 1 or part_videos < 1:
+        raise ValueError(f"frames, size and part_videos must be >= 1. Received: {frames}, {size}, {part_videos}")
+    rank, size_, comm = _world()
+    out = Path(out)
+    videos, class_names, root = list_videos(source, classes_from)
+    if not videos:
+        raise ValueError(f"no video files found under {source}")
+    options = dict(frames=frames, size=tuple(size), channels=channels, fit=fit, short=short, chunks=chunks,
+                   compression=compression)
+    # Parts are only reusable for the same videos and the same clip options.
+    fingerprint = hashlib.sha256(json.dumps([[v.path, v.label] for v in videos] + [options, part_videos], default=list)
+                                 .encode()).hexdigest()[:16]
+    parts_dir = out.with_name(out.name + f".parts-{fingerprint}")
+    part_count = -(-len(videos) // part_videos)
+    parts = [parts_dir / f"part-{p:06d}.h5" for p in range(part_count)]
+    if rank == 0:
+        if not resume and parts_dir.exists():
+            shutil.rmtree(parts_dir)
+        parts_dir.mkdir(parents=True, exist_ok=True)
+    if comm is not None:
+        comm.Barrier()
+
+    def videos_done() -> int:  # in parts on disk, whichever rank wrote them
+        return sum(min(part_videos, len(videos) - p * part_videos) for p in range(part_count) if parts[p].exists())
+
+    # Rank 0's bar shows every rank's work: finished parts on disk, plus its own current part.
+    bar = tqdm(total=len(videos), unit="video", desc=f"converting on {size_} rank(s)",
+               disable=not progress or rank != 0, initial=videos_done() if rank == 0 else 0)
+    current = 0
+
+    def on_video() -> None:
+        nonlocal current
+        current += 1
+        if rank == 0:
+            bar.n = videos_done() + current
+            bar.refresh()
+
+    for p in range(rank, part_count, size_):
+        if parts[p].exists():  # completed before an interruption (resume)
+            continue
+        current = 0
+        _write_part(parts[p], list(enumerate(videos))[p * part_videos : (p + 1) * part_videos], root, options, on_video)
+    if comm is not None:
+        comm.Barrier()  # every part is on disk before rank 0 joins them
+    if rank == 0:
+        bar.n = videos_done()
+    bar.close()
+    summary = Summary()
+    if rank == 0:
+        for part in parts:
+            with h5py.File(part, "r") as file:
+                summary.failed += [tuple(item) for item in json.loads(file.attrs["failures"])]
+        summary.converted = _join(out, parts, videos, class_names, options)
+        if summary.converted:
+            shutil.rmtree(parts_dir)
+    if comm is not None:
+        summary = comm.bcast(summary, root=0)
+        summary.rank = rank
+    return summary
+
+
+def report(summary: Summary, out: str) -> str:
+    lines = [f"converted {summary.converted} video(s) into {out}" if summary.converted else
+             f"no video could be converted; {out} was not written"]
+    if summary.failed:
+        lines.append(f"{len(summary.failed)} video(s) not converted:")
+        lines += [f"  {path}: {reason}" for path, reason in summary.failed]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: distributed-h5 convert ...")

@@ -1,0 +1,59 @@
+"""Real small video files for the conversion tests, written with PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# Class colours (RGB): far apart, so codec error cannot move a clip to another class.
+COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+
+
+def frame_image(colour, t: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """A flat class colour with a white bar at a column that moves with time t."""
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = colour
+    column = (4 * t) % (width - 8)
+    image[:, column : column + 8] = 255
+    return image
+
+
+def write_video(path: Path, colour, frames: int, *, codec: str = "mpeg4", pixel_format: str = "yuv420p",
+                rate: int = 24, height: int = 48, width: int = 64) -> Path:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
+        if codec == "mpeg4":
+            stream.options = {"qscale": "2"}  # near-lossless, so pixel checks can be tight
+        for t in range(frames):
+            image = frame_image(colour, t, height, width)
+            if pixel_format == "gray":
+                frame = av.VideoFrame.from_ndarray(image.mean(axis=2).astype(np.uint8), format="gray")
+            else:
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_tree(root: Path) -> dict[str, str]:
+    """3 classes x 4 videos of 30 frames, plus a corrupt file, a short video (10 frames)
+    and a grayscale one; returns {relative path: what it is}."""
+    kinds = {}
+    for name, colour in COLOURS.items():
+        for k in range(4):
+            write_video(root / name / f"{name}_{k}.mp4", colour, 30)
+            kinds[f"{name}/{name}_{k}.mp4"] = "good"
+    write_video(root / "green" / "green_short.mp4", COLOURS["green"], 10)
+    kinds["green/green_short.mp4"] = "short"
+    write_video(root / "red" / "red_gray.mkv", COLOURS["red"], 30, codec="ffv1", pixel_format="gray")
+    kinds["red/red_gray.mkv"] = "gray"
+    (root / "blue" / "blue_corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    kinds["blue/blue_corrupt.mp4"] = "corrupt"
+    return kinds
