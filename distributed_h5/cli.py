@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     scaling.add_argument("--depth", type=_positive, default=3, help="reference model depth")
     scaling.add_argument("--launcher", choices=("horovodrun", "srun"), default="horovodrun",
                          help="srun inside a SLURM allocation (slurm/scaling.sbatch)")
+    scaling.add_argument("--controller", choices=("gloo", "mpi"), default="gloo", help="Horovod controller for horovodrun")
     scaling.add_argument("--csv", help="write one row per run here")
     scaling.add_argument("--plot", help="write a PNG of throughput and efficiency against ranks here")
     model = scaling.add_argument_group("projection beyond this machine (docs/BENCHMARKS.md explains the model)")
@@ -226,7 +227,7 @@ def _bench(args) -> int:
             ranks = [int(part) for part in args.ranks.split(",") if part]
             rows = scaling.bench_scaling(args.file, ranks, batch_size=args.batch_size, global_batch=args.global_batch,
                                          steps=args.steps, warmup=args.warmup, width=args.width, depth=args.depth,
-                                         launcher=args.launcher)
+                                         launcher=args.launcher, controller=args.controller)
         print(scaling.table(rows), flush=True)
         if args.csv:
             scaling.write_csv(rows, args.csv)

@@ -143,19 +143,21 @@ class _Compiled:
 
 
 # --- the driver ----------------------------------------------------------------------------
-def launch_command(ranks: int, launcher: str) -> list[str]:
+def launch_command(ranks: int, launcher: str, controller: str = "gloo") -> list[str]:
     if launcher == "srun":
         # Inside an allocation (slurm/scaling.sbatch): one task per rank, PMIx for Open MPI.
         return ["srun", "--mpi=pmix", "--kill-on-bad-exit=1", f"--ntasks={ranks}", "--exact"]
-    return ["horovodrun", "-np", str(ranks)]
+    # Gloo by default: Open MPI's progress engine busy-polls, and on CPU ranks that share
+    # cores it takes cycles from compute (docs/BENCHMARKS.md has the measurement).
+    return ["horovodrun", "-np", str(ranks), f"--{controller}"]
 
 
 def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup: int, width: int, depth: int,
-              launcher: str) -> dict:
+              launcher: str, controller: str = "gloo") -> dict:
     """Launch ``ranks`` workers and return rank 0's measurements."""
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "result.json")
-        command = [*launch_command(ranks, launcher), sys.executable, "-m", "distributed_h5.bench.scaling", "--worker",
+        command = [*launch_command(ranks, launcher, controller), sys.executable, "-m", "distributed_h5.bench.scaling", "--worker",
                    file, "--batch-size", str(batch_per_rank), "--steps", str(steps), "--warmup", str(warmup),
                    "--width", str(width), "--depth", str(depth), "--out", out]
         env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE", TF_CPP_MIN_LOG_LEVEL="3")
@@ -172,8 +174,11 @@ def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup:
 
 def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_batch: int | None = None,
                   steps: int = 30, warmup: int = 5, width: int = 16, depth: int = 3,
-                  launcher: str = "horovodrun") -> list[Row]:
+                  launcher: str = "horovodrun", controller: str = "gloo") -> list[Row]:
     """Weak- and strong-scaling rows for each rank count (1 is always measured, as the base)."""
+    from .io import warm
+
+    warm(file)  # otherwise the first run alone pays for a cold page cache
     ranks = sorted(set(ranks) | {1})
     global_batch = global_batch or batch_size * max(ranks)
     rows = []
@@ -184,7 +189,7 @@ def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_ba
                 raise ValueError(f"global_batch={global_batch} does not divide by {count} ranks; pick another --global-batch")
             per_rank = batch_size if mode == "weak" else global_batch // count
             point = run_point(file, count, per_rank, steps=steps, warmup=warmup, width=width, depth=depth,
-                              launcher=launcher)
+                              launcher=launcher, controller=controller)
             throughput = count * per_rank * point["steps"] / point["elapsed"]
             base = throughput if count == 1 else base
             step = point["elapsed"] / point["steps"]
