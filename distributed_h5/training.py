@@ -276,57 +276,57 @@ def train_model(
     validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
     steps_per_epoch = len(train)
 
-    hvd_adapter.distribute_optimizer(model, hvd)
-    if not model.built:
-        model(train[0][0][:1])
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    base_rate = float(model.optimizer.learning_rate)  # before a checkpoint can overwrite it with a scaled rate
-    # Rank 0 decides where to resume and tells the others; only it reads the checkpoint,
-    # and the broadcast below gives every rank its weights and optimizer state.
-    resume_at = ResumePoint(0)
-    if resume and rank == 0:
-        (checkpoint_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
-        found = list_checkpoints(checkpoint_dir)
-        if found:
-            resume_at, newest = found[-1]
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(newest)
-    resume_at = ResumePoint(*hvd_adapter.broadcast_object(tuple(resume_at), hvd))
-    if resume_at.step >= steps_per_epoch:  # stopped after an epoch's last step
-        resume_at = ResumePoint(resume_at.epoch + 1)
-    hvd_adapter.broadcast_state(model, hvd)
-    if resume_at.epoch >= epochs:
-        return keras.callbacks.History()
-
-    run_callbacks = [EpochSetter(train, resume_at=resume_at), _EpochTiming(train)]
-    if scale_learning_rate:
-        run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, steps_per_epoch, resume_at))
-    if stop_signal is not None:
-        run_callbacks.append(_StopOnSignal(hvd, stop_signal, checkpoint_dir, resume_at))
-    run_callbacks.append(_GlobalMetrics(hvd, validation))
-    # Rank 0 alone writes: the others hold identical weights and the same global logs.
-    if rank == 0:
-        if checkpoint_dir is not None:
-            run_callbacks.append(_Checkpoint(checkpoint_dir, keep_checkpoints))
-        if log_dir is not None:
-            csv_path = Path(log_dir) / "training.csv"
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-            if resume_at == ResumePoint(0):
-                csv_path.unlink(missing_ok=True)
-            run_callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
-            run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, "tensorboard")))
-    run_callbacks += list(callbacks or [])
-
-    def fit(first_epoch: int, start_step: int = 0, only_one: bool = False) -> keras.callbacks.History:
-        # Keras sizes an epoch from len(train) when fit starts: set the first epoch's batches now.
-        train.set_epoch(first_epoch, start_step)
-        # shuffle=False: the sequence already holds each epoch's order. Keras would otherwise
-        # permute the batches with Python's unseeded global random, differently on every rank.
-        return model.fit(train, epochs=epochs, initial_epoch=first_epoch, shuffle=False,
-                         callbacks=run_callbacks + ([_StopAfterEpoch()] if only_one else []),
-                         verbose=verbose if rank == 0 else 0)
-
     try:
+        hvd_adapter.distribute_optimizer(model, hvd)
+        if not model.built:
+            model(train[0][0][:1])
+        checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        base_rate = float(model.optimizer.learning_rate)  # before a checkpoint can overwrite it with a scaled rate
+        # Rank 0 decides where to resume and tells the others; only it reads the checkpoint,
+        # and the broadcast below gives every rank its weights and optimizer state.
+        resume_at = ResumePoint(0)
+        if resume and rank == 0:
+            (checkpoint_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+            found = list_checkpoints(checkpoint_dir)
+            if found:
+                resume_at, newest = found[-1]
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(newest)
+        resume_at = ResumePoint(*hvd_adapter.broadcast_object(tuple(resume_at), hvd))
+        if resume_at.step >= steps_per_epoch:  # stopped after an epoch's last step
+            resume_at = ResumePoint(resume_at.epoch + 1)
+        hvd_adapter.broadcast_state(model, hvd)
+        if resume_at.epoch >= epochs:
+            return keras.callbacks.History()
+
+        run_callbacks = [EpochSetter(train, resume_at=resume_at), _EpochTiming(train)]
+        if scale_learning_rate:
+            run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, steps_per_epoch, resume_at))
+        if stop_signal is not None:
+            run_callbacks.append(_StopOnSignal(hvd, stop_signal, checkpoint_dir, resume_at))
+        run_callbacks.append(_GlobalMetrics(hvd, validation))
+        # Rank 0 alone writes: the others hold identical weights and the same global logs.
+        if rank == 0:
+            if checkpoint_dir is not None:
+                run_callbacks.append(_Checkpoint(checkpoint_dir, keep_checkpoints))
+            if log_dir is not None:
+                csv_path = Path(log_dir) / "training.csv"
+                csv_path.parent.mkdir(parents=True, exist_ok=True)
+                if resume_at == ResumePoint(0):
+                    csv_path.unlink(missing_ok=True)
+                run_callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
+                run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, "tensorboard")))
+        run_callbacks += list(callbacks or [])
+
+        def fit(first_epoch: int, start_step: int = 0, only_one: bool = False) -> keras.callbacks.History:
+            # Keras sizes an epoch from len(train) when fit starts: set the first epoch's batches now.
+            train.set_epoch(first_epoch, start_step)
+            # shuffle=False: the sequence already holds each epoch's order. Keras would otherwise
+            # permute the batches with Python's unseeded global random, differently on every rank.
+            return model.fit(train, epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+                             callbacks=run_callbacks + ([_StopAfterEpoch()] if only_one else []),
+                             verbose=verbose if rank == 0 else 0)
+
         histories = []
         if resume_at.step:  # finish the interrupted epoch from the step it stopped at, in a fit of its own
             histories.append(fit(resume_at.epoch, resume_at.step, only_one=True))
