@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import keras
 import numpy as np
@@ -63,20 +62,23 @@ class ShardedSequence(keras.utils.PyDataset):
         self.batch_size, self.subset, self.validation_ratio = batch_size, subset, validation_ratio
         self.seed, self.remainder, self.threads, self.locking = seed, remainder, threads, locking
         self._reader, self._reader_pid = None, None
-        self.read_seconds = 0.0
         self.set_epoch(epoch)
 
     @property
     def sample_count(self) -> int:
         return self.info.sample_count
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Use the data order of ``epoch`` (a pure function of seed and epoch), from batch
-        ``start_step`` on (a run resumed mid-epoch reads only the batches it had not)."""
-        batches = sharding.shard(
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's sorted index batches in ``epoch``: a pure function of seed and epoch."""
+        return sharding.shard(
             self.sample_count, subset=self.subset, validation_ratio=self.validation_ratio, seed=self.seed,
             epoch=epoch, rank=self.rank, size=self.size, batch_size=self.batch_size, remainder=self.remainder,
         )
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Use the data order of ``epoch``, from batch ``start_step`` on (a run resumed
+        mid-epoch reads only the batches it had not)."""
+        batches = self.epoch_batches(epoch)
         if not 0 <= start_step < len(batches):
             raise ValueError(f"start_step must be in [0, {len(batches)}). Received: start_step={start_step!r}")
         self._batches = batches[start_step:]
@@ -92,10 +94,7 @@ class ShardedSequence(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < len(self._batches):
             raise IndexError(f"batch index must be in [0, {len(self._batches)}). Received: {i}")
-        start = time.perf_counter()
-        batch = self.reader().read(self._batches[i])
-        self.read_seconds += time.perf_counter() - start  # seen by this process only (threads, not worker processes)
-        return batch
+        return self.reader().read(self._batches[i])
 
     def reader(self) -> BatchReader:
         """This process's reader, opened on first use (an h5py handle must not cross a fork)."""

@@ -13,7 +13,8 @@ import keras
 import numpy as np
 
 from . import horovod as hvd_adapter
-from .sequence import EpochSetter, ShardedSequence
+from .feeding import Feeder
+from .sequence import ShardedSequence
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.keras$")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
@@ -91,25 +92,23 @@ class _GlobalMetrics(keras.callbacks.Callback):
 
 
 class _EpochTiming(keras.callbacks.Callback):
-    """Per epoch: samples per second (all ranks' samples), and ``data_read_fraction``, the
-    share of the epoch this rank's reader was busy. Batches are read ahead of use, so reads
-    hide behind compute while the fraction stays well below 1; near 1 the input is the
-    bottleneck and steps wait for data (``bench scaling`` measures that wait exactly).
-    Reads in worker processes (``use_multiprocessing``) are not seen here."""
+    """Per epoch: samples per second (all ranks' samples), and ``data_wait_fraction``, the
+    share of the epoch this rank's training steps spent waiting for their batch (measured
+    by the :class:`Feeder`). Averaged over ranks like every log, printed by rank 0."""
 
-    def __init__(self, sequence: ShardedSequence):
+    def __init__(self, batch_size: int, size: int):
         super().__init__()
-        self.sequence = sequence
+        self.samples_per_step = batch_size * size
+        self.feeder = None  # set by train_model for each fit
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._read = time.perf_counter(), self.sequence.read_seconds
+        self._start, self._waited = time.perf_counter(), self.feeder.wait_seconds
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             elapsed = time.perf_counter() - self._start
-            samples = len(self.sequence) * self.sequence.batch_size * self.sequence.size
-            logs["samples_per_second"] = samples / elapsed
-            logs["data_read_fraction"] = (self.sequence.read_seconds - self._read) / elapsed
+            logs["samples_per_second"] = self.params["steps"] * self.samples_per_step / elapsed
+            logs["data_wait_fraction"] = (self.feeder.wait_seconds - self._waited) / elapsed
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):
@@ -222,7 +221,6 @@ def train_model(
     remainder: str = "pad",
     threads: int | None = None,
     workers: int = 1,
-    use_multiprocessing: bool = False,
     verbose: int = 1,
     callbacks: list | None = None,
     stop_signal: int | None = None,
@@ -252,7 +250,8 @@ def train_model(
         keep_checkpoints: how many checkpoints to keep (default 2).
         log_dir: where rank 0 writes ``training.csv`` and TensorBoard logs (default: none).
         remainder: ``"pad"`` or ``"drop"`` the last partial global batch (default ``"pad"``).
-        threads, workers, use_multiprocessing: reading parallelism, see :class:`ShardedSequence`.
+        threads: reader threads per batch (default: usable cores, at most 4).
+        workers: batches read ahead in parallel by the feeder (default 1; 2 batches ahead each).
         verbose: Keras progress output on rank 0 (0, 1 or 2).
         callbacks: more Keras callbacks, run on every rank after the package's own.
         stop_signal: a signal (e.g. ``signal.SIGUSR1``) on which every rank stops at the same
@@ -271,7 +270,7 @@ def train_model(
     hvd = hvd_adapter.init()
     rank, size = hvd.rank(), hvd.size()
     common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
-                  threads=threads, workers=workers, use_multiprocessing=use_multiprocessing)
+                  threads=threads)
     train = ShardedSequence(path, subset="train", remainder=remainder, **common)
     validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
     steps_per_epoch = len(train)
@@ -299,7 +298,8 @@ def train_model(
         if resume_at.epoch >= epochs:
             return keras.callbacks.History()
 
-        run_callbacks = [EpochSetter(train, resume_at=resume_at), _EpochTiming(train)]
+        timing = _EpochTiming(batch_size, size)
+        run_callbacks = [timing]
         if scale_learning_rate:
             run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, steps_per_epoch, resume_at))
         if stop_signal is not None:
@@ -319,11 +319,12 @@ def train_model(
         run_callbacks += list(callbacks or [])
 
         def fit(first_epoch: int, start_step: int = 0, only_one: bool = False) -> keras.callbacks.History:
-            # Keras sizes an epoch from len(train) when fit starts: set the first epoch's batches now.
-            train.set_epoch(first_epoch, start_step)
-            # shuffle=False: the sequence already holds each epoch's order. Keras would otherwise
-            # permute the batches with Python's unseeded global random, differently on every rank.
-            return model.fit(train, epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+            # The feeder yields epoch after epoch in the sequence's order from (first_epoch,
+            # start_step): the data order never depends on when Keras calls back.
+            timing.feeder = Feeder(train, first_epoch, start_step, workers=workers)
+            # shuffle=False: the order is already shuffled by (seed, epoch), identically on every rank.
+            return model.fit(timing.feeder.dataset(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+                             steps_per_epoch=steps_per_epoch - start_step,
                              callbacks=run_callbacks + ([_StopAfterEpoch()] if only_one else []),
                              verbose=verbose if rank == 0 else 0)
 
