@@ -20,7 +20,11 @@ LAYOUTS = {
 
 @pytest.fixture(scope="session")
 def files(tmp_path_factory):
-    """One small file per layout: 203 rows, sample_count 197, 8x3x16x16 uint8 clips, 5 classes."""
+    """One small file per layout: 203 rows, sample_count 197, 8x3x16x16 uint8 clips, 5 classes.
+
+    Open them with ``locking=False`` as the package does: HDF5 refuses to open a file twice
+    in one process with different locking flags.
+    """
     root = tmp_path_factory.mktemp("layouts")
     return {
         name: make_synthetic(root / f"{name}.h5", samples=203, sample_count=197, frames=8, channels=3,

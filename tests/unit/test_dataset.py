@@ -133,7 +133,8 @@ def test_cli_inspect_prints_the_layout(files):
     assert lines["X"] == "(203, 8, 3, 16, 16) uint8 (samples, frames=8, channels=3, rows=16, cols=16)"
     assert lines["chunks"] == "(1, 8, 3, 16, 16)"
     assert lines["sample_count"] == "197"
-    labels = h5py.File(files["clip-chunks"], "r")["Y"][:197].argmax(1)
+    with h5py.File(files["clip-chunks"], "r", locking=False) as file:  # as the package opens it
+        labels = file["Y"][:197].argmax(1)
     counts = ", ".join(f"{k}: {n}" for k, n in enumerate(np.bincount(labels, minlength=5)))
     assert f"class counts  {counts}" in result.stdout
 

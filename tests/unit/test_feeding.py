@@ -17,6 +17,7 @@ def test_feeder_continues_across_epochs_from_a_mid_epoch_start(files):
         got.append(clip_index(x.numpy()).tolist())
         assert y.shape == (8, 5)
     assert got == expected
+    seq.close()
 
 
 def test_wait_is_the_time_spent_blocked_on_a_slow_read(files, monkeypatch):
@@ -30,3 +31,4 @@ def test_wait_is_the_time_spent_blocked_on_a_slow_read(files, monkeypatch):
         next(batches)
     assert 4 * 0.05 <= feeder.wait_seconds < 1.0  # at least the four sleeps; far from a speed target
     batches.close()
+    seq.close()

@@ -22,7 +22,7 @@ BATCHES = [
 @pytest.mark.parametrize("layout", sorted(EXPECTED_METHOD))
 @pytest.mark.parametrize("threads", [1, 3])
 def test_clips_and_labels_are_aligned(files, layout, threads):
-    with h5py.File(files[layout], "r") as file:
+    with h5py.File(files[layout], "r", locking=False) as file:
         truth_x, truth_y = file["X"][:], file["Y"][:].astype(np.float32)
     with BatchReader(files[layout], threads=threads) as reader:
         assert reader.method == EXPECTED_METHOD[layout]
@@ -111,7 +111,7 @@ def test_truncated_data_is_a_dataset_error(tmp_path, files):
 def test_corrupt_chunk_is_a_dataset_error(tmp_path, files):
     path = tmp_path / "corrupt.h5"
     path.write_bytes(files["gzip"].read_bytes())
-    with h5py.File(path, "r") as file:
+    with h5py.File(path, "r", locking=False) as file:
         info = file["X"].id.get_chunk_info_by_coord((5, 0, 0, 0, 0))
     with open(path, "r+b") as handle:
         handle.seek(info.byte_offset)
