@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -318,6 +317,3 @@ def report(summary: Summary, out: str) -> str:
         lines += [f"  {path}: {reason}" for path, reason in summary.failed]
     return "\n".join(lines)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: distributed-h5 convert ...")

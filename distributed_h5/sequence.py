@@ -26,10 +26,11 @@ class ShardedSequence(keras.utils.PyDataset):
         Pass ``shuffle=False`` to ``fit``: the order is already shuffled, and Keras would
         otherwise permute batches with Python's unseeded ``random``, differently per rank.
         Call ``set_epoch(epoch)`` at the start of every epoch, as with PyTorch's
-        DistributedSampler: pass ``callbacks=[EpochSetter(seq)]`` to ``fit`` (``train_model``
-        does). ``on_epoch_end`` does not reshuffle, because Keras calls it at times that are
-        not epoch boundaries (``fit`` calls it once before the first epoch) and after worker
-        processes have already received the sequence; only ``set_epoch`` is exact.
+        DistributedSampler: pass ``callbacks=[EpochSetter(seq)]`` to ``fit``. ``on_epoch_end``
+        does not reshuffle, because Keras calls it at times that are not epoch boundaries
+        (``fit`` calls it once before the first epoch) and after worker processes have
+        already received the sequence; only ``set_epoch`` is exact. ``train_model`` needs
+        none of this: its :class:`~distributed_h5.feeding.Feeder` follows the epochs itself.
 
     The file is opened lazily, once per process that reads, so the sequence can be
     pickled to Keras' worker processes (``workers``, ``use_multiprocessing``).
@@ -75,14 +76,10 @@ class ShardedSequence(keras.utils.PyDataset):
             epoch=epoch, rank=self.rank, size=self.size, batch_size=self.batch_size, remainder=self.remainder,
         )
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Use the data order of ``epoch``, from batch ``start_step`` on (a run resumed
-        mid-epoch reads only the batches it had not)."""
-        batches = self.epoch_batches(epoch)
-        if not 0 <= start_step < len(batches):
-            raise ValueError(f"start_step must be in [0, {len(batches)}). Received: start_step={start_step!r}")
-        self._batches = batches[start_step:]
-        self.epoch, self.start_step = epoch, start_step
+    def set_epoch(self, epoch: int) -> None:
+        """Use the data order of ``epoch``."""
+        self._batches = self.epoch_batches(epoch)
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -122,12 +119,10 @@ class EpochSetter(keras.callbacks.Callback):
     order of ``e``, also when ``fit`` resumes at ``initial_epoch``.
     """
 
-    def __init__(self, *sequences: ShardedSequence, resume_at: tuple[int, int] = (0, 0)):
+    def __init__(self, *sequences: ShardedSequence):
         super().__init__()
         self.sequences = sequences
-        self.resume_at = resume_at  # (epoch, step): that epoch starts at that step
 
     def on_epoch_begin(self, epoch, logs=None):
-        start_step = self.resume_at[1] if epoch == self.resume_at[0] else 0
         for sequence in self.sequences:
-            sequence.set_epoch(epoch, start_step)
+            sequence.set_epoch(epoch)
