@@ -26,6 +26,8 @@ The rules:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -77,28 +79,39 @@ def epoch_order(train: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 
 
 def train_batches(
-    order: np.ndarray, *, rank: int, size: int, batch_size: int, remainder: str = "pad"
+    order: np.ndarray, *, rank: int, size: int, batch_size: int, remainder: str = "pad", start: int = 0
 ) -> np.ndarray:
     """This rank's training batches from an epoch's ``order``, as a (steps, batch_size) array.
 
-    Each row is sorted. ``steps`` is the same on every rank.
+    Each row is sorted. ``steps`` is the same on every rank. ``start`` skips the first
+    ``start`` positions of the order (samples already trained in this epoch, by a run that
+    may have had another global batch): the rest is cut into global batches from there,
+    so a resumed epoch trains every remaining sample exactly once.
     """
     check_rank(rank, size)
     _check_positive("batch_size", batch_size)
     if remainder not in REMAINDER_POLICIES:
         raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}. Received: remainder={remainder!r}")
+    if not 0 <= start <= order.size:
+        raise ValueError(f"start must be in [0, {order.size}]. Received: start={start!r}")
     global_batch = batch_size * size
+    rest = order[start:]
+    if start == order.size:  # the epoch was complete
+        return np.empty((0, batch_size), dtype=order.dtype)
     if remainder == "pad":
-        steps = -(-order.size // global_batch)
-        # np.resize repeats the order from its start, so even an order shorter than one
-        # global batch fills it (PyTorch's DistributedSampler pads the same way).
-        order = np.resize(order, steps * global_batch)
+        steps = -(-rest.size // global_batch)
+        # Pad by wrapping around to the start of the epoch's order; np.resize repeats it,
+        # so even an order shorter than one global batch fills it (PyTorch's
+        # DistributedSampler pads the same way).
+        order = np.concatenate([rest, np.resize(order, steps * global_batch - rest.size)])
     else:
-        steps = order.size // global_batch
-        order = order[: steps * global_batch]
+        steps = rest.size // global_batch
+        order = rest[: steps * global_batch]
+    if steps == 0 and start > 0:  # a resumed epoch whose rest is shorter than a global batch: dropped
+        return np.empty((0, batch_size), dtype=order.dtype)
     if steps == 0:
         raise ValueError(
-            f"the training subset has {order.size} samples, fewer than one global batch of "
+            f"the training subset has {rest.size} samples, fewer than one global batch of "
             f"batch_size * size = {batch_size} * {size} = {global_batch}, so remainder='drop' leaves "
             "no step. Use remainder='pad', a smaller batch_size, or fewer ranks."
         )
@@ -130,12 +143,13 @@ def shard(
     size: int = 1,
     batch_size: int = 32,
     remainder: str = "pad",
+    start: int = 0,
 ) -> list[np.ndarray]:
     """The sorted index batches rank ``rank`` of ``size`` reads in ``epoch`` of ``subset``.
 
     Training batches all have ``batch_size`` rows and every rank gets the same count;
-    validation batches are unpadded (see the module docstring). ``epoch`` and ``remainder``
-    only affect training.
+    validation batches are unpadded (see the module docstring). ``epoch``, ``remainder`` and
+    ``start`` (positions of the epoch's order already trained) only affect training.
 
     Example:
         >>> [b.tolist() for b in shard(10, validation_ratio=0.2, seed=1, rank=1, size=2, batch_size=2)]
@@ -153,4 +167,62 @@ def shard(
     if subset == "validation":
         return validation_batches(indices, rank=rank, size=size, batch_size=batch_size)
     order = epoch_order(indices, seed, epoch)
-    return list(train_batches(order, rank=rank, size=size, batch_size=batch_size, remainder=remainder))
+    return list(train_batches(order, rank=rank, size=size, batch_size=batch_size, remainder=remainder, start=start))
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Everything that decides one rank's batches, frozen: the Sequence, the Feeder and the
+    checkpoints all take this one object instead of reaching through each other.
+
+    Example:
+        >>> plan = ShardPlan(10, validation_ratio=0.2, seed=1, rank=1, size=2, batch_size=2)
+        >>> [b.tolist() for b in plan.batches(epoch=0)]
+        [[1, 5], [4, 9]]
+    """
+
+    sample_count: int
+    validation_ratio: float = 0.3
+    seed: int = 0
+    rank: int = 0
+    size: int = 1
+    batch_size: int = 32
+    remainder: str = "pad"
+
+    def __post_init__(self):
+        check_rank(self.rank, self.size)
+        _check_positive("batch_size", self.batch_size)
+        if self.remainder not in REMAINDER_POLICIES:
+            raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}. Received: remainder={self.remainder!r}")
+        split(self.sample_count, self.validation_ratio, self.seed)  # validates sample_count and the ratio
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.size
+
+    @cached_property
+    def subsets(self) -> Split:
+        return split(self.sample_count, self.validation_ratio, self.seed)
+
+    @property
+    def train_count(self) -> int:
+        return int(self.subsets.train.size)
+
+    def batches(self, epoch: int, start: int = 0) -> list[np.ndarray]:
+        """This rank's sorted training batches of ``epoch`` from position ``start`` of its order."""
+        if self.train_count == 0:
+            raise ValueError(f"the train subset of sample_count={self.sample_count} with validation_ratio="
+                             f"{self.validation_ratio} is empty. Change validation_ratio.")
+        order = epoch_order(self.subsets.train, self.seed, epoch)
+        return list(train_batches(order, rank=self.rank, size=self.size, batch_size=self.batch_size,
+                                  remainder=self.remainder, start=start))
+
+    def validation_batches(self) -> list[np.ndarray]:
+        """This rank's unpadded validation batches."""
+        return validation_batches(self.subsets.validation, rank=self.rank, size=self.size,
+                                  batch_size=self.batch_size)
+
+    def samples_after(self, start: int, steps: int) -> int:
+        """The position in the epoch's order after ``steps`` global batches from ``start``
+        (capped at the training sample count: padding is not a position)."""
+        return min(self.train_count, start + steps * self.global_batch)
