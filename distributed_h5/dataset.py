@@ -7,7 +7,14 @@ The layout:
 * root attribute ``sample_count``: how many leading samples are in use (<= samples).
 
 Every malformed file raises :class:`DatasetError`, naming the file, the object and what
-was found against what was expected. Files are only ever opened read-only.
+was found against what was expected. Files are only ever opened read-only. Imports h5py
+and numpy only (no TensorFlow, Keras, Horovod or JAX).
+
+Beyond the layout, :func:`validate` refuses data that would silently read as fill values:
+``X`` or ``Y`` whose storage was never written (wholly or for some rows in use), a virtual
+dataset whose source file or dataset is missing, and external raw storage that is missing;
+``allow_unwritten=True`` accepts them. An external link (``X`` stored in another file) is
+followed; one whose target cannot be opened is a :class:`DatasetError`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import h5py
 import numpy as np
 
 LABEL_BLOCK = 65536  # rows of Y validated per read, so label loading needs bounded memory
+PROBE_CLIPS = 8  # clips read at open (first, last and spread between) to catch unreadable data early
+BAD_ROWS_SHOWN = 5  # bad label rows named in the error
 
 
 class DatasetError(ValueError):
@@ -61,15 +70,165 @@ def open_file(path: str | os.PathLike, *, locking: bool = False) -> h5py.File:
         raise DatasetError(f"{path}: cannot be opened as HDF5 (not HDF5, truncated or corrupt): {exc}") from exc
 
 
-def validate(file: h5py.File) -> DatasetInfo:
-    """Check ``file`` against the layout and return what it holds."""
+def _link_target(file: h5py.File, link: h5py.ExternalLink) -> str | None:
+    """The file an external link points to, found as HDF5 looks for it, or None if there is none."""
+    if os.path.isabs(link.filename):
+        return link.filename if os.path.exists(link.filename) else None
+    prefixes = [os.environ.get("HDF5_EXT_PREFIX"), os.path.dirname(os.path.abspath(file.filename)), os.getcwd()]
+    found = (os.path.join(prefix, link.filename) for prefix in prefixes if prefix)
+    return next((candidate for candidate in found if os.path.exists(candidate)), None)
+
+
+def _dataset(file: h5py.File, name: str) -> h5py.Dataset:
+    """``file[name]`` as a dataset, following links, or a :class:`DatasetError` saying why not."""
+    path = file.filename
+    link = file.get(name, getlink=True)
+    if link is None:
+        raise DatasetError(f"{path}: dataset '{name}' is missing; expected datasets 'X' and 'Y'")
+    try:
+        obj = file[name]
+    except (KeyError, OSError) as exc:
+        if isinstance(link, h5py.ExternalLink):
+            target = _link_target(file, link)
+            reason = "no such file" if target is None else f"{target} has no object '{link.path}' or is not HDF5"
+            raise DatasetError(
+                f"{path}: '{name}' is an external link to '{link.path}' in {link.filename}, which cannot be "
+                f"opened ({reason}); relative targets are looked for next to {path}"
+            ) from exc
+        raise DatasetError(f"{path}: '{name}' cannot be opened (a dangling link?): {exc}") from exc
+    if not isinstance(obj, h5py.Dataset):
+        raise DatasetError(f"{path}: '{name}' is a {type(obj).__name__}, expected a dataset")
+    return obj
+
+
+def _virtual_source_problem(dset: h5py.Dataset, locking: bool) -> str | None:
+    """Why some source of a virtual dataset cannot be read, or None if every source can."""
+    holder = dset.file.filename
+    for source in dset.virtual_sources():
+        if source.file_name == ".":  # a source in the same file
+            if source.dset_name not in dset.file:
+                return f"its source dataset '{source.dset_name}' is missing from the same file"
+            continue
+        if os.path.isabs(source.file_name):
+            candidates = [source.file_name]
+        else:
+            prefixes = [os.environ.get("HDF5_VDS_PREFIX"), os.path.dirname(os.path.abspath(holder)), os.getcwd()]
+            candidates = [os.path.join(prefix, source.file_name) for prefix in prefixes if prefix]
+        found = next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
+        if found is None:
+            return f"its source file {source.file_name} is missing"
+        try:
+            with h5py.File(found, "r", locking=locking) as other:
+                if source.dset_name not in other:
+                    return f"its source dataset '{source.dset_name}' is missing from {found}"
+        except OSError as exc:
+            return f"its source file {found} cannot be opened: {exc}"
+    return None
+
+
+def _unwritten_rows(dset: h5py.Dataset, rows_in_use: int) -> str | None:
+    """Which of the first ``rows_in_use`` rows of ``dset`` have no storage, in words, or None."""
+    status = dset.id.get_space_status()
+    if status == h5py.h5d.SPACE_STATUS_ALLOCATED:
+        return None
+    if status == h5py.h5d.SPACE_STATUS_NOT_ALLOCATED:
+        return "was never written (its storage is not allocated, so every read gives the fill value)"
+    # Partly allocated chunked storage: the rows in use must all be covered.
+    chunks = dset.chunks
+    per_row = int(np.prod([-(-extent // chunk) for extent, chunk in zip(dset.shape[1:], chunks[1:])]))
+    allocated = np.zeros(-(-rows_in_use // chunks[0]), dtype=np.int64)
+
+    def count(info) -> None:
+        if info.chunk_offset[0] < rows_in_use:
+            allocated[info.chunk_offset[0] // chunks[0]] += 1
+
+    if hasattr(dset.id, "chunk_iter"):  # HDF5 >= 1.12.3
+        dset.id.chunk_iter(count)
+    else:
+        for i in range(dset.id.get_num_chunks()):
+            count(dset.id.get_chunk_info(i))
+    missing = np.flatnonzero(allocated < per_row)
+    if missing.size == 0:
+        return None
+    first = int(missing[0]) * chunks[0]
+    return (f"has rows never written: {missing.size} chunk row(s) of {chunks[0]} rows among the "
+            f"{rows_in_use} in use, the first at row {first} (they would read as the fill value)")
+
+
+def check_storage(file: h5py.File, sample_count: int, *, locking: bool = False) -> None:
+    """Raise :class:`DatasetError` if the first ``sample_count`` rows of X or Y would not read real data."""
     path = file.filename
     for name in ("X", "Y"):
-        if name not in file:
-            raise DatasetError(f"{path}: dataset '{name}' is missing; expected datasets 'X' and 'Y'")
-        if not isinstance(file[name], h5py.Dataset):
-            raise DatasetError(f"{path}: '{name}' is a {type(file[name]).__name__}, expected a dataset")
-    x, y = file["X"], file["Y"]
+        dset = file[name]
+        where = f"dataset '{name}'" if dset.file.filename == path else f"dataset '{name}' (in {dset.file.filename})"
+        plist = dset.id.get_create_plist()
+        if plist.get_layout() == h5py.h5d.VIRTUAL:
+            problem = _virtual_source_problem(dset, locking)
+            if problem:
+                raise DatasetError(f"{path}: {where} is a virtual dataset and {problem}, so it would read as the "
+                                   "fill value; pass allow_unwritten=True to read it anyway")
+            continue
+        external = [plist.get_external(i)[0].decode() for i in range(plist.get_external_count())]
+        if external:
+            folder = os.path.dirname(os.path.abspath(dset.file.filename))
+            missing = [name_ for name_ in external
+                       if not os.path.exists(name_) and not os.path.exists(os.path.join(folder, name_))]
+            if missing:
+                raise DatasetError(f"{path}: {where} is stored in external raw file {missing[0]}, which is missing")
+            continue
+        problem = _unwritten_rows(dset, sample_count)
+        if problem:
+            raise DatasetError(f"{path}: {where} {problem}; pass allow_unwritten=True to read it anyway")
+
+
+def probe_indices(sample_count: int, count: int = PROBE_CLIPS) -> np.ndarray:
+    """The clips checked at open: the first, the last and some spread between them, sorted and distinct."""
+    return np.unique(np.linspace(0, sample_count - 1, min(count, sample_count)).round().astype(np.int64))
+
+
+def read_clips(file: h5py.File, indices: np.ndarray) -> np.ndarray:
+    """``X[indices]`` through h5py, one hyperslab per clip, or a :class:`DatasetError` if unreadable.
+
+    Catches corrupt or truncated chunks and filters this HDF5 cannot decode (an unregistered
+    plugin, say) on the clips asked for.
+    """
+    x = file["X"]
+    out = np.empty((len(indices), *x.shape[1:]), dtype=x.dtype)
+    for row, index in enumerate(indices):
+        try:
+            x.read_direct(out, np.s_[int(index) : int(index) + 1], np.s_[row : row + 1])
+        except (OSError, ValueError) as exc:
+            filters = _filter_names(x)
+            raise DatasetError(
+                f"{file.filename}: clip {int(index)} of 'X' cannot be read (corrupt or truncated chunk, or a filter "
+                f"this HDF5 cannot decode; filters: {filters}): {_one_line(exc)}"
+            ) from exc
+    return out
+
+
+def _filter_names(dset: h5py.Dataset) -> str:
+    plist = dset.id.get_create_plist()
+    names = []
+    for i in range(plist.get_nfilters()):
+        code, _, _, name = plist.get_filter(i)
+        names.append(name.decode(errors="replace") or str(code))
+    return ", ".join(names) or "none"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = False) -> DatasetInfo:
+    """Check ``file`` against the layout and return what it holds.
+
+    Args:
+        allow_unwritten: accept X or Y storage that was never written, and virtual datasets
+            with missing sources (they read as the fill value). Off by default.
+        locking: HDF5 file locking for the source files of a virtual dataset.
+    """
+    path = file.filename
+    x, y = (_dataset(file, name) for name in ("X", "Y"))
     if x.ndim != 5:
         raise DatasetError(
             f"{path}: dataset 'X' has shape {x.shape}, expected 5 dimensions (samples, frames, channels, rows, cols)"
@@ -93,6 +252,8 @@ def validate(file: h5py.File) -> DatasetInfo:
         )
     if not 1 <= sample_count <= x.shape[0]:
         raise DatasetError(f"{path}: attribute 'sample_count' is {sample_count}, expected an integer in [1, {x.shape[0]}]")
+    if not allow_unwritten:
+        check_storage(file, int(sample_count), locking=locking)
     return DatasetInfo(
         path=path,
         sample_count=int(sample_count),
@@ -106,28 +267,48 @@ def validate(file: h5py.File) -> DatasetInfo:
     )
 
 
-def describe(path: str | os.PathLike, *, locking: bool = False) -> DatasetInfo:
-    """Open, validate and close ``path``; raise :class:`DatasetError` if it is not a valid dataset."""
+def describe(path: str | os.PathLike, *, labels: bool = False, clips: bool = False, locking: bool = False,
+             allow_unwritten: bool = False) -> DatasetInfo:
+    """Open, validate and close ``path``; raise :class:`DatasetError` if it is not a valid dataset.
+
+    Args:
+        labels: also check every row of ``Y`` in use is one-hot (reads Y in blocks), so bad
+            rows are reported by row before any model is built.
+        clips: also read a few clips (:func:`probe_indices`) to catch corrupt chunks and
+            filters this HDF5 cannot decode.
+        locking, allow_unwritten: see :func:`open_file` and :func:`validate`.
+    """
     with open_file(path, locking=locking) as file:
-        return validate(file)
+        info = validate(file, allow_unwritten=allow_unwritten, locking=locking)
+        if labels:
+            read_labels(file, info.sample_count)
+        if clips:
+            read_clips(file, probe_indices(info.sample_count))
+        return info
 
 
 def read_labels(file: h5py.File, sample_count: int) -> np.ndarray:
     """The class index of each of the first ``sample_count`` rows of ``Y``, checking each row is one-hot."""
     y = file["Y"]
     labels = np.empty(sample_count, dtype=np.int32)
+    bad_rows, bad_count, first_bad = [], 0, None
     for start in range(0, sample_count, LABEL_BLOCK):
         try:
             block = y[start : min(start + LABEL_BLOCK, sample_count)]
         except OSError as exc:
-            raise DatasetError(f"{file.filename}: dataset 'Y' cannot be read (corrupt?): {exc}") from exc
+            raise DatasetError(f"{file.filename}: dataset 'Y' cannot be read (corrupt?): {_one_line(exc)}") from exc
         ones = block == 1
         bad = np.flatnonzero((ones.sum(axis=1) != 1) | ((block != 0) & ~ones).any(axis=1))
-        if bad.size:
-            row = start + int(bad[0])
-            raise DatasetError(
-                f"{file.filename}: row {row} of 'Y' is {block[bad[0]].tolist()}, expected one-hot "
-                f"(a single 1, the rest 0); {bad.size} such rows in [{start}, {start + len(block)})"
-            )
+        if bad.size:  # keep scanning, to say how many rows are bad in all
+            if first_bad is None:
+                first_bad = block[bad[0]].tolist()
+            bad_rows += (start + bad[: BAD_ROWS_SHOWN - len(bad_rows)]).tolist()
+            bad_count += bad.size
         labels[start : start + len(block)] = ones.argmax(axis=1)
+    if bad_count:
+        more = f" and {bad_count - len(bad_rows)} more" if bad_count > len(bad_rows) else ""
+        raise DatasetError(
+            f"{file.filename}: row {bad_rows[0]} of 'Y' is {first_bad}, expected one-hot (a single 1, the rest 0); "
+            f"{bad_count} bad row(s) of the {sample_count} in use: {', '.join(map(str, bad_rows))}{more}"
+        )
     return labels

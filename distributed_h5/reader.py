@@ -13,11 +13,16 @@ never uses it. At open it looks at how ``X`` is stored and picks one method:
     Gzip-compressed ``X`` (optionally with the shuffle filter) chunked one clip per chunk:
     raw chunks are read the same way and inflated by ``zlib`` in threads (it releases the GIL).
 ``hdf5``
-    Anything else (lzf, other filters, partial-clip chunks, unallocated storage): one
-    h5py hyperslab read per run of consecutive indices, straight into the output array.
+    Anything else (lzf, other filters, partial-clip chunks, virtual datasets, external raw
+    storage): one h5py hyperslab read per run of consecutive indices, straight into the
+    output array.
 
-The byte methods are checked at open against h5py on the first clip and fall back to
-``hdf5`` if they disagree. Labels are loaded once as class indices (4 bytes per sample).
+When ``X`` lives in another file (an external link), the byte methods read that file:
+offsets are always taken from, and read from, the file that holds the dataset. At open,
+a few clips (the first, the last and some spread between, :func:`dataset.probe_indices`)
+are read through h5py, which catches unreadable chunks and filters early, and the byte
+methods must give the same bytes for them or the reader falls back to ``hdf5``. Labels
+are loaded once as class indices (4 bytes per sample). Imports h5py and numpy only.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 
-from .dataset import DatasetError, DatasetInfo, open_file, read_labels, validate
+from .dataset import DatasetError, DatasetInfo, open_file, probe_indices, read_clips, read_labels, validate
 
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
 FILTER_SHUFFLE = h5py.h5z.FILTER_SHUFFLE
@@ -55,13 +60,15 @@ class BatchReader:
         path: the HDF5 file.
         threads: reader threads for the byte methods (default: usable cores, at most 4).
         locking: HDF5 file locking (off by default; see :func:`dataset.open_file`).
+        allow_unwritten: read X even where its storage was never written (see :func:`dataset.validate`).
 
     Example:
         >>> with BatchReader("data.h5") as reader:                      # doctest: +SKIP
         ...     x, y = reader.read(np.array([3, 4, 9]))
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, locking: bool = False):
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, locking: bool = False,
+                 allow_unwritten: bool = False):
         threads = default_threads() if threads is None else threads
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an integer >= 1. Received: threads={threads!r}")
@@ -70,13 +77,18 @@ class BatchReader:
         self._pool = None
         self.threads = 1
         try:
-            self.info: DatasetInfo = validate(self._file)
+            self.info: DatasetInfo = validate(self._file, allow_unwritten=allow_unwritten, locking=locking)
             self.labels = read_labels(self._file, self.info.sample_count)
             self._x = self._file["X"]
+            # The file that holds X's bytes: another one when X is an external link.
+            self.data_path = self._x.file.filename
+            self._data_bytes = os.path.getsize(self.data_path)
             self.method = self._choose_method()
+            probe = probe_indices(self.info.sample_count)
+            expected = read_clips(self._file, probe)  # DatasetError if h5py cannot read them
             if self.method != "hdf5":
-                self._fd = os.open(self.info.path, os.O_RDONLY)
-                if not self._byte_method_agrees():
+                self._fd = os.open(self.data_path, os.O_RDONLY)
+                if not self._byte_method_agrees(probe, expected):
                     self.method = "hdf5"
         except BaseException:
             self.close()
@@ -93,16 +105,18 @@ class BatchReader:
         filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
         layout = plist.get_layout()
         self._clips_per_chunk = 1
+        if plist.get_external_count():  # raw data in other files, which h5py knows how to find
+            return "hdf5"
         if layout == h5py.h5d.CONTIGUOUS and not filters:
             base = dsid.get_offset()
             if base is None:  # storage never written: reads give the fill value
                 return "hdf5"
             self._base = base
             self._chunk_offsets = self._chunk_sizes = None
-            if base + self.info.rows * self.info.clip_bytes > self.info.file_bytes:
+            if base + self.info.rows * self.info.clip_bytes > self._data_bytes:
                 raise DatasetError(
-                    f"{self.info.path}: dataset 'X' ends at byte {base + self.info.rows * self.info.clip_bytes} "
-                    f"but the file has {self.info.file_bytes} bytes (truncated?)"
+                    f"{self._where()}: dataset 'X' ends at byte {base + self.info.rows * self.info.clip_bytes} "
+                    f"but the file has {self._data_bytes} bytes (truncated?)"
                 )
             return "pread"
         if layout != h5py.h5d.CHUNKED or self._x.chunks[1:] != self.info.clip_shape:
@@ -140,15 +154,22 @@ class BatchReader:
             return False
         if raw and (sizes != k * self.info.clip_bytes).any():
             return False
-        if (offsets + sizes > self.info.file_bytes).any():
-            raise DatasetError(f"{self.info.path}: chunks of 'X' lie beyond the end of the file (truncated?)")
+        if (offsets + sizes > self._data_bytes).any():
+            raise DatasetError(f"{self._where()}: chunks of 'X' lie beyond the end of the file (truncated?)")
         self._chunk_offsets, self._chunk_sizes = offsets, sizes
         return True
 
-    def _byte_method_agrees(self) -> bool:
-        probe = np.array([0])
-        expected = self._x[0:1]
-        return np.array_equal(self._read_x(probe, np.empty_like(expected)), expected)
+    def _byte_method_agrees(self, probe: np.ndarray, expected: np.ndarray) -> bool:
+        try:
+            return np.array_equal(self._read_x(probe, np.empty_like(expected)), expected)
+        except DatasetError:  # h5py read these clips, so the byte method misjudged the layout
+            return False
+
+    def _where(self) -> str:
+        """The file to name in errors about X's bytes: the one given, and the one holding X if other."""
+        if self.data_path == self.info.path:
+            return self.info.path
+        return f"{self.info.path} (X is in {self.data_path})"
 
     # --- reading -----------------------------------------------------------------------
     def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +202,7 @@ class BatchReader:
                 for start, end in zip(starts, ends):
                     self._x.read_direct(out, np.s_[indices[start] : indices[end - 1] + 1], np.s_[start:end])
             except OSError as exc:
-                raise DatasetError(f"{self.info.path}: dataset 'X' cannot be read (corrupt?): {exc}") from exc
+                raise DatasetError(f"{self._where()}: dataset 'X' cannot be read (corrupt?): {' '.join(str(exc).split())}") from exc
             return out
         rows = out.view(np.uint8).reshape(indices.size, self.info.clip_bytes)
         if self.method == "pread":
@@ -217,7 +238,7 @@ class BatchReader:
         while done < len(view):
             got = os.preadv(self._fd, [view[done:]], offset + done)
             if got == 0:
-                raise DatasetError(f"{self.info.path}: unexpected end of file at byte {offset + done} (truncated?)")
+                raise DatasetError(f"{self._where()}: unexpected end of file at byte {offset + done} (truncated?)")
             done += got
 
     def _pread_rows(self, pieces, indices, rows) -> None:
@@ -233,9 +254,9 @@ class BatchReader:
             try:
                 clip = np.frombuffer(zlib.decompress(raw), dtype=np.uint8)
             except zlib.error as exc:
-                raise DatasetError(f"{self.info.path}: chunk {chunk} of 'X' does not inflate (corrupt?): {exc}") from exc
+                raise DatasetError(f"{self._where()}: chunk {chunk} of 'X' does not inflate (corrupt?): {exc}") from exc
             if clip.size != self.info.clip_bytes:
-                raise DatasetError(f"{self.info.path}: chunk {chunk} of 'X' inflates to {clip.size} bytes, expected {self.info.clip_bytes}")
+                raise DatasetError(f"{self._where()}: chunk {chunk} of 'X' inflates to {clip.size} bytes, expected {self.info.clip_bytes}")
             if self._shuffled and itemsize > 1:  # HDF5's shuffle stores byte k of every element together
                 clip = clip.reshape(itemsize, -1).T
             rows[row] = clip.reshape(-1)

@@ -148,3 +148,78 @@ def test_cli_inspect_bad_file_exits_2_without_traceback(tmp_path):
                              "expected an integer in [1, 6]\n")
     assert "Traceback" not in result.stderr
     assert digest(path) == before
+
+
+def written(path, chunks=None, write_rows=None, sample_count=6):
+    """X of 6 clips, written for ``write_rows`` only (all rows when None); one-hot Y."""
+    with h5py.File(path, "w") as file:
+        x = file.create_dataset("X", shape=(6, 2, 1, 4, 4), dtype="u1", chunks=chunks)
+        for row in range(6) if write_rows is None else write_rows:
+            x[row] = row + 1
+        file.create_dataset("Y", data=np.eye(3, dtype="u1")[[0, 1, 2, 0, 1, 2]])
+        file.attrs["sample_count"] = sample_count
+    return path
+
+
+def test_storage_never_written_is_refused(tmp_path):
+    path = written(tmp_path / "empty.h5", write_rows=[])
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == (f"{path}: dataset 'X' was never written (its storage is not allocated, so every "
+                                 "read gives the fill value); pass allow_unwritten=True to read it anyway")
+    assert describe(path, allow_unwritten=True).sample_count == 6  # the user asked for it
+
+
+def test_rows_in_use_never_written_are_refused(tmp_path):
+    path = written(tmp_path / "holes.h5", chunks=(2, 2, 1, 4, 4), write_rows=[0, 1, 2, 3])
+    with pytest.raises(DatasetError, match=r"dataset 'X' has rows never written: 1 chunk row\(s\) of 2 rows among "
+                                           r"the 6 in use, the first at row 4 "):
+        describe(path)
+
+
+def test_rows_past_sample_count_may_be_unwritten(tmp_path):
+    path = written(tmp_path / "tail.h5", chunks=(2, 2, 1, 4, 4), write_rows=[0, 1, 2, 3], sample_count=4)
+    assert describe(path).sample_count == 4
+
+
+def virtual(path, source_name):
+    layout = h5py.VirtualLayout(shape=(6, 2, 1, 4, 4), dtype="u1")
+    layout[:] = h5py.VirtualSource(source_name, "X", shape=(6, 2, 1, 4, 4))
+    with h5py.File(path, "w") as file:
+        file.create_virtual_dataset("X", layout, fillvalue=0)
+        file.create_dataset("Y", data=np.eye(3, dtype="u1")[[0, 1, 2, 0, 1, 2]])
+        file.attrs["sample_count"] = 6
+    return path
+
+
+def test_virtual_dataset_with_a_missing_source_is_refused(tmp_path):
+    path = virtual(tmp_path / "vds.h5", "gone.h5")
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == (f"{path}: dataset 'X' is a virtual dataset and its source file gone.h5 is missing, "
+                                 "so it would read as the fill value; pass allow_unwritten=True to read it anyway")
+    written(tmp_path / "gone.h5")  # the source appears: the same file is now valid and reads real clips
+    assert describe(path).sample_count == 6
+    from distributed_h5.reader import BatchReader
+
+    with BatchReader(path) as reader:
+        assert reader.method == "hdf5"
+        assert reader.read(np.array([0, 5]))[0][:, 0, 0, 0, 0].tolist() == [1, 6]
+
+
+def test_virtual_dataset_with_a_missing_source_dataset(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as file:
+        file.create_dataset("clips", data=np.zeros(3))
+    path = virtual(tmp_path / "vds.h5", "other.h5")
+    with pytest.raises(DatasetError, match=f"its source dataset 'X' is missing from {tmp_path}/other.h5"):
+        describe(path)
+
+
+def test_reader_refuses_unwritten_storage_unless_allowed(tmp_path):
+    from distributed_h5.reader import BatchReader
+
+    path = written(tmp_path / "empty.h5", chunks=(1, 2, 1, 4, 4), write_rows=[])
+    with pytest.raises(DatasetError, match="dataset 'X' was never written"):
+        BatchReader(path)
+    with BatchReader(path, allow_unwritten=True) as reader:
+        assert reader.read(np.array([0, 5]))[0].max() == 0  # the fill value, as asked

@@ -132,3 +132,65 @@ def test_reader_cannot_be_pickled(files):
 def test_bad_threads(files):
     with pytest.raises(ValueError, match="threads must be an integer >= 1. Received: threads=0"):
         BatchReader(files["contiguous"], threads=0)
+
+
+def linked_copy(tmp_path, source, layout):
+    """main.h5 whose X is an external link to data.h5's X, over stale bytes of an older X at the same offsets.
+
+    main.h5 starts as a copy of data.h5; its own X is changed for every clip but 0 and then
+    unlinked (HDF5 keeps the bytes), and X becomes a link to data.h5. A reader that takes
+    offsets from data.h5 but reads main.h5 gets clip 0 right and every other clip stale.
+    """
+    data, main = tmp_path / f"data-{layout}.h5", tmp_path / f"main-{layout}.h5"
+    data.write_bytes(source.read_bytes())
+    main.write_bytes(source.read_bytes())
+    with h5py.File(main, "r+") as file:
+        file["X"][1:] = 255 - file["X"][1:]
+        file.create_dataset("after", data=np.zeros(4096, dtype="u1"))  # so X's old bytes are not at the end
+        del file["X"]
+        file["X"] = h5py.ExternalLink(data.name, "/X")
+    return data, main
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "clip-chunks", "gzip"])
+def test_external_link_reads_the_file_that_holds_x(tmp_path, files, layout):
+    data, main = linked_copy(tmp_path, files[layout], layout)
+    with h5py.File(data, "r", locking=False) as file:
+        truth = file["X"][:197]
+    with BatchReader(main, threads=2) as reader:
+        assert reader.method == EXPECTED_METHOD[layout]  # the fast path is kept, on the right file
+        assert reader.data_path == str(data)
+        x, _ = reader.read(np.arange(197))
+    np.testing.assert_array_equal(x, truth)
+    assert clip_index(x).tolist() == list(range(197))
+
+
+def test_probe_covers_first_last_and_spread_clips():
+    from distributed_h5.dataset import probe_indices
+
+    assert probe_indices(197).tolist() == [0, 28, 56, 84, 112, 140, 168, 196]
+    assert probe_indices(3).tolist() == [0, 1, 2]
+    assert probe_indices(1).tolist() == [0]
+
+
+def test_external_link_to_a_missing_file_is_one_dataset_error(tmp_path, files):
+    path = tmp_path / "dangling.h5"
+    with h5py.File(path, "w") as file:
+        file["X"] = h5py.ExternalLink("gone.h5", "/X")
+        file.create_dataset("Y", data=np.eye(2, dtype="u1"))
+        file.attrs["sample_count"] = 2
+    with pytest.raises(DatasetError) as caught:
+        BatchReader(path)
+    assert str(caught.value) == (f"{path}: 'X' is an external link to '/X' in gone.h5, which cannot be opened "
+                                 f"(no such file); relative targets are looked for next to {path}")
+
+
+def test_external_link_to_a_missing_dataset(tmp_path, files):
+    path = tmp_path / "wrong-name.h5"
+    with h5py.File(path, "w") as file:
+        file["X"] = h5py.ExternalLink(str(files["contiguous"]), "/clips")
+        file.create_dataset("Y", data=np.eye(2, dtype="u1"))
+        file.attrs["sample_count"] = 2
+    with pytest.raises(DatasetError, match=f"'X' is an external link to '/clips' in {files['contiguous']}, which "
+                                           f"cannot be opened \\({files['contiguous']} has no object '/clips'"):
+        BatchReader(path)
