@@ -168,3 +168,15 @@ def test_split_does_not_change_between_epochs(plan):
     if sharding.split(plan["sample_count"], plan["validation_ratio"], plan["seed"]).train.size == 0:
         return
     assert seen(plan["epoch"]) == seen(plan["epoch"] + 1)
+
+
+@pytest.mark.parametrize("sample_count, size, train_count", [(10, 2, 7), (11, 4, 7), (5, 1, 3)])
+def test_drop_error_gives_the_real_training_sample_count(sample_count, size, train_count):
+    # 0.3 of sample_count is held out; the message counts the training samples before any truncation.
+    with pytest.raises(ValueError) as caught:
+        sharding.shard(sample_count, validation_ratio=0.3, size=size, batch_size=4, remainder="drop")
+    assert str(caught.value) == (
+        f"the training subset has {train_count} samples, fewer than one global batch of batch_size * size = "
+        f"4 * {size} = {4 * size}, so remainder='drop' leaves no step. Use remainder='pad', a smaller batch_size, "
+        "or fewer ranks."
+    )
