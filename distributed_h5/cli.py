@@ -190,7 +190,7 @@ def _train(args) -> int:
     from .models import video_classifier
     from .training import train_model
 
-    info = describe(args.file)
+    info = describe(args.file, labels=True, clips=True)  # bad labels or unreadable clips: one line, before any model
     if args.model == "video":
         model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth,
                                  dropout=args.dropout, seed=args.seed)
