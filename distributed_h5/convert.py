@@ -28,6 +28,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from . import runtime
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
 PART_VIDEOS = 16  # videos per part file: the unit of work and of resume
 FITS = ("crop", "pad")
@@ -151,16 +153,11 @@ def decode(path: str | os.PathLike, *, frames: int, size: tuple[int, int], chann
 
 # --- the job -------------------------------------------------------------------------------
 def _world():
-    """(rank, size, comm) under an MPI launcher, else (0, 1, None) without touching MPI."""
-    launched = any(name in os.environ for name in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"))
-    if not launched:
-        return 0, 1, None
-    try:
-        from mpi4py import MPI
-    except ImportError as exc:
-        raise RuntimeError(f"run under an MPI launcher but mpi4py is not importable: {exc}") from exc
-    comm = MPI.COMM_WORLD
-    return comm.Get_rank(), comm.Get_size(), comm
+    """(rank, size, comm) when a launcher started several tasks, else (0, 1, None) without touching
+    MPI. Refuses (RuntimeError) when MPI sees one process where the launcher started several."""
+    comm = runtime.mpi_comm()
+    rank, size = runtime.world()
+    return rank, size, comm
 
 
 def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options: dict, on_video) -> list[tuple[str, str]]:
