@@ -1,7 +1,9 @@
 """``distributed-h5``: the command line, a thin layer over the Python API.
 
-A user mistake (bad file, bad argument) prints one line to stderr and exits with
-status 2, never a traceback.
+A user mistake (bad file, bad argument, unwritable output) prints one line to stderr and
+exits with status 2, never a traceback; under a launcher every rank prints the same line.
+TensorFlow is imported only by the commands that need it, and then without its start-up
+noise (:mod:`distributed_h5.quiet`; ``DH5_TF_LOG=1`` shows it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 from .dataset import DatasetError
 
@@ -17,15 +20,38 @@ EXIT_USAGE = 2
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and a pointer to --help), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"distributed-h5 {__version__}"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distributed-h5", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="distributed-h5", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
+
+    doctor = commands.add_parser("doctor", help="what is installed and working, one line each")
+    doctor.add_argument("--require", default="",
+                        help="comma-separated checks that must pass, else exit status 1: "
+                             "tensorflow,keras,horovod,gloo,nccl,mpi,gpu,jax,locking,slurm")
+    doctor.add_argument("--dir", default=".", help="where to check that HDF5 file locking works (default: here)")
 
     make = commands.add_parser("make-synthetic", help="write a learnable synthetic video dataset")
     make.add_argument("out", help="output HDF5 file")
@@ -255,15 +281,51 @@ def _bench(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    from .doctor import CHECKS, findings, report
+
+    required = [name.strip() for name in args.require.split(",") if name.strip()]
+    unknown = [name for name in required if name not in CHECKS]
+    if unknown:
+        raise ValueError(f"--require takes names from {','.join(CHECKS)}. Received: {','.join(unknown)}")
+    text, status = report(findings(args.dir), required)
+    print(text, flush=True)
+    return status
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+LAUNCHER_SIZE_VARIABLES = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "PMI_SIZE")
+ERROR_GRACE_SECONDS = 2.0
+
+
+def _let_other_ranks_report() -> None:
+    # A launcher kills every rank once one exits non-zero. Every rank meets a user mistake
+    # (a bad file, a bad argument) within moments of the others; waiting a little before
+    # exiting lets each print the same line instead of some being killed mid-way.
+    sizes = [os.environ.get(name, "1") for name in LAUNCHER_SIZE_VARIABLES]
+    if any(size.isdigit() and int(size) > 1 for size in sizes):
+        time.sleep(ERROR_GRACE_SECONDS)
+
+
+def _fail(command: str, exc: BaseException) -> int:
+    print(f"distributed-h5 {command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+    _let_other_ranks_report()
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect, "train": _train,
-               "bench": _bench}[args.command]
+               "bench": _bench, "doctor": _doctor}[args.command]
     try:
         return command(args)
     except (DatasetError, ValueError) as exc:
-        print(f"distributed-h5 {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, exc)
+    except OSError as exc:  # an unreadable input or unwritable output the checks could not foresee
+        return _fail(args.command, exc)
     except RuntimeError as exc:  # Horovod missing, or training.Preempted (exit status 75: run again with --resume)
         print(f"distributed-h5 {args.command}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", 1)

@@ -51,3 +51,61 @@ def test_train_reports_bad_labels_in_one_line_before_building_a_model(tmp_path):
         "3 bad row(s) of the 12 in use: 3, 7, 8")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "ckpt").exists()  # stopped before anything was built or written
+
+
+@pytest.mark.parametrize("args, line", [
+    (["train", "f.h5", "--epochs", "0"],
+     "distributed-h5 train: error: argument --epochs: must be an integer >= 1, got 0 (see distributed-h5 train --help)"),
+    (["make-synthetic", "out.h5", "--samples", "many"],
+     "distributed-h5 make-synthetic: error: argument --samples: must be an integer >= 1, got 'many' "
+     "(see distributed-h5 make-synthetic --help)"),
+    (["inspect"], "distributed-h5 inspect: error: the following arguments are required: file "
+                  "(see distributed-h5 inspect --help)"),
+    (["convert", "src", "out.h5", "--frames", "8", "--size", "4", "4", "--fit", "stretch"],
+     "distributed-h5 convert: error: argument --fit: invalid choice: 'stretch' (choose from 'crop', 'pad') "
+     "(see distributed-h5 convert --help)"),
+    ([], "distributed-h5: error: the following arguments are required: command (see distributed-h5 --help)"),
+])
+def test_usage_mistakes_are_one_line_with_status_2(args, line):
+    result = run_cli(*args)
+    assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+
+
+def test_missing_input_file_is_one_line(tmp_path):
+    result = run_cli("inspect", tmp_path / "nope.h5")
+    assert (result.returncode, result.stderr) == (2, f"distributed-h5 inspect: error: {tmp_path}/nope.h5: no such file\n")
+
+
+def test_version():
+    from distributed_h5 import __version__
+
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"distributed-h5 {__version__}\n")
+
+
+def test_doctor_one_line_per_check_and_required_checks(tmp_path):
+    from distributed_h5.doctor import CHECKS
+
+    result = run_cli("doctor", "--require", "tensorflow,keras,horovod,gloo,mpi,locking", "--dir", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("distributed_h5 ")
+    assert [line.split()[0] for line in lines[1:]] == list(CHECKS)
+    found = {line.split()[0]: line.split(None, 2)[1:] for line in lines[1:]}
+    import tensorflow as tf
+
+    assert found["tensorflow"] == ["ok", f"{tf.__version__} (built with CUDA: {'yes' if tf.test.is_built_with_cuda() else 'no'})"]
+    assert found["locking"][0] == "ok" and found["locking"][1].startswith(f"works in {tmp_path};")
+    assert found["horovod"][1].startswith("0.28.1 with TensorFlow; controllers: gloo, mpi; NCCL: ")
+    # (stderr: see test_no_tensorflow_noise)
+
+    # A check that fails and was required: exit status 1, and the last line says which.
+    missing = run_cli("doctor", "--require", "locking", "--dir", tmp_path / "absent")
+    assert missing.returncode == 1
+    assert missing.stdout.splitlines()[-1] == "missing what was required: locking"
+    assert [line for line in missing.stdout.splitlines() if line.startswith("locking")][0].startswith(
+        f"locking     no  not checked: cannot write in {tmp_path}/absent (No such file or directory)")
+
+    unknown = run_cli("doctor", "--require", "horovod,cuda")
+    assert (unknown.returncode, unknown.stderr) == (
+        2, f"distributed-h5 doctor: error: --require takes names from {','.join(CHECKS)}. Received: cuda\n")
