@@ -320,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect, "train": _train,
                "bench": _bench, "doctor": _doctor}[args.command]
+    if args.command in ("train", "bench", "doctor"):  # the commands that load TensorFlow: load it quietly, first
+        from .quiet import import_tensorflow
+
+        import_tensorflow()
     try:
         return command(args)
     except (DatasetError, ValueError) as exc:

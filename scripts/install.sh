@@ -119,4 +119,5 @@ log "installing Horovod from $wheel_dir"
 "$py" -m pip install -q --force-reinstall --no-deps "$wheel_dir"/horovod-*.whl
 "$py" -m pip install -q cloudpickle psutil pyyaml packaging
 horovod_ok || { log "ERROR: Horovod installed but lacks TensorFlow/MPI/Gloo support"; exit 1; }
-log "Horovod $horovod_version ready: $("$venv/bin/horovodrun" --check-build | tr -s '\n' ' ')"
+# --check-build imports TensorFlow in five processes; their start-up banners say nothing here.
+log "Horovod $horovod_version ready: $("$venv/bin/horovodrun" --check-build 2>/dev/null | tr -s '\n' ' ')"

@@ -97,7 +97,7 @@ def test_doctor_one_line_per_check_and_required_checks(tmp_path):
     assert found["tensorflow"] == ["ok", f"{tf.__version__} (built with CUDA: {'yes' if tf.test.is_built_with_cuda() else 'no'})"]
     assert found["locking"][0] == "ok" and found["locking"][1].startswith(f"works in {tmp_path};")
     assert found["horovod"][1].startswith("0.28.1 with TensorFlow; controllers: gloo, mpi; NCCL: ")
-    # (stderr: see test_no_tensorflow_noise)
+    assert result.stderr == ""  # no TensorFlow start-up noise
 
     # A check that fails and was required: exit status 1, and the last line says which.
     missing = run_cli("doctor", "--require", "locking", "--dir", tmp_path / "absent")
@@ -109,3 +109,19 @@ def test_doctor_one_line_per_check_and_required_checks(tmp_path):
     unknown = run_cli("doctor", "--require", "horovod,cuda")
     assert (unknown.returncode, unknown.stderr) == (
         2, f"distributed-h5 doctor: error: --require takes names from {','.join(CHECKS)}. Received: cuda\n")
+
+
+def test_no_tensorflow_noise_unless_asked_for(tmp_path):
+    from distributed_h5.quiet import NOISE
+    from distributed_h5.synthetic import make_synthetic
+
+    path = make_synthetic(tmp_path / "tiny.h5", samples=24, frames=4, size=(12, 12), classes=2, progress=False)
+    args = ("train", path, "--epochs", 1, "--batch-size", 4, "--width", 4, "--depth", 1, "--verbose", 0)
+    quiet = run_cli(*args)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert quiet.stdout.startswith("summary: ranks=1 epochs=1 ")
+    loud = run_cli(*args, env={"DH5_TF_LOG": "1"})  # the opt-in brings TensorFlow's own logs back
+    assert loud.returncode == 0, loud.stderr
+    assert "All log messages before absl::InitializeLog() is called" in loud.stderr
+    assert sum(marker in loud.stderr for marker in NOISE) >= 2  # which others appear depends on the CPU
