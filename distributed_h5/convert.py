@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import runtime
+from .outputs import check_output
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
 PART_VIDEOS = 16  # videos per part file: the unit of work and of resume
@@ -160,12 +162,22 @@ def _world():
     return rank, size, comm
 
 
+@contextmanager
+def _removed_on_failure(partial: Path):
+    """Delete ``partial`` if the block fails or is interrupted: no temporary file is left behind."""
+    try:
+        yield
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options: dict, on_video) -> list[tuple[str, str]]:
     """Convert ``videos`` (global index, video) into the part file ``path``; return the failures."""
     frames, (rows, cols), channels = options["frames"], options["size"], options["channels"]
     partial = path.with_name(path.name + ".partial")
     failures, index, counts, rates = [], [], [], []
-    with h5py.File(partial, "w") as file:
+    with _removed_on_failure(partial), h5py.File(partial, "w") as file:
         x = file.create_dataset("X", shape=(0, frames, channels, rows, cols), maxshape=(None, frames, channels, rows, cols),
                                 dtype=np.uint8, chunks=(1, frames, channels, rows, cols))
         for number, video in videos:
@@ -203,7 +215,7 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
     partial = out.with_name(out.name + ".partial")
     chunks = (1, frames, channels, rows, cols) if options["chunks"] == "clip" else None
     compression = None if options["compression"] == "none" else options["compression"]
-    with h5py.File(partial, "w") as file:
+    with _removed_on_failure(partial), h5py.File(partial, "w") as file:
         x = file.create_dataset("X", shape=(total, frames, channels, rows, cols), dtype=np.uint8,
                                 chunks=chunks, compression=compression)
         labels = np.array([videos[i].label for i in index])
@@ -247,8 +259,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         raise ValueError(f"compression={compression!r} needs chunks='clip'")
     if frames < 1 or min(size) < 1 or part_videos < 1:
         raise ValueError(f"frames, size and part_videos must be >= 1. Received: {frames}, {size}, {part_videos}")
+    out = check_output(out)  # on every rank, so each reports the same line before any work
     rank, size_, comm = _world()
-    out = Path(out)
     videos, class_names, root = list_videos(source, classes_from)
     if not videos:
         raise ValueError(f"no video files found under {source}")

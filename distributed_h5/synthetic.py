@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from .outputs import check_output
+
 CHUNKINGS = ("clip", "none")
 COMPRESSIONS = ("none", "gzip", "lzf")
 BLOCK_BYTES = 64 << 20  # clips generated and written at a time, so memory stays bounded
@@ -63,8 +65,9 @@ def make_synthetic(
 ) -> Path:
     """Write a synthetic dataset to ``path`` and return it.
 
-    The file is written under a temporary name and renamed when complete, so an
-    interrupted run never leaves a file that looks valid.
+    The file is written under a temporary name (``path.partial``) and renamed when complete,
+    so an interrupted run never leaves a file that looks valid, nor the temporary one.
+    ValueError, before any work, if ``path`` cannot be written (see :func:`outputs.check_output`).
 
     Args:
         samples: rows of X and Y.
@@ -93,7 +96,7 @@ def make_synthetic(
     if not 1 <= sample_count <= samples:
         raise ValueError(f"sample_count must be in [1, {samples}]. Received: sample_count={sample_count!r}")
 
-    path = Path(path)
+    path = check_output(path)  # before any work: a missing or read-only directory, or a directory as OUT
     clip_shape = (frames, channels, *size)
     block = max(1, BLOCK_BYTES // int(np.prod(clip_shape)))
     labels = np.random.default_rng((seed, 0)).integers(0, classes, samples)

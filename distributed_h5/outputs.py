@@ -1,0 +1,35 @@
+"""Checks on an output file's path before any work is done. Imports nothing beyond the standard library.
+
+Writers here (``make-synthetic``, ``convert``) write ``OUT.partial`` next to ``OUT`` and
+rename it when complete, so what they need is a directory they can create files in, and an
+``OUT`` that is not a directory. Finding out after an hour of conversion is too late.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def check_output(path: str | os.PathLike) -> Path:
+    """Return ``path`` as a Path if a file can be written there; else raise ValueError saying why.
+
+    Creates (and removes) an empty probe file in the directory: permission bits do not tell
+    the whole story (root, read-only mounts, immutable directories, ACLs).
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"output {path} is a directory, expected a file path such as {path / 'data.h5'}")
+    if not folder.exists():
+        raise ValueError(f"output {path}: directory {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise ValueError(f"output {path}: {folder} is not a directory")
+    probe = folder / f".{path.name}.probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise ValueError(f"output {path}: cannot create files in {folder} ({exc.strerror})") from exc
+    probe.unlink()
+    return path

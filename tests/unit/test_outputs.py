@@ -1,0 +1,82 @@
+"""make-synthetic and convert refuse an unwritable output in one line, before any work, leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "distributed_h5.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+@contextmanager
+def read_only(folder):
+    """A directory no file can be created in, for root too (immutable), else by its permission bits."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", folder], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", folder], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+
+
+COMMANDS = {
+    "make-synthetic": lambda out, tmp: ["make-synthetic", out, "--samples", 8, "--frames", 2, "--size", 8, 8],
+    "convert": lambda out, tmp: ["convert", tmp, out, "--frames", 4, "--size", 8, 8],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("case", ["missing directory", "directory as output", "parent is a file", "read-only"])
+def test_unwritable_output_is_one_line_before_any_work(tmp_path, command, case):
+    source = tmp_path / "videos"  # convert fails on this empty folder only if it got past the output check
+    source.mkdir()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    if case == "missing directory":
+        out, reason = folder / "absent" / "data.h5", f"directory {folder}/absent does not exist; create it first"
+    elif case == "directory as output":
+        out, reason = folder, f"is a directory, expected a file path such as {folder}/data.h5"
+    elif case == "parent is a file":
+        (folder / "file").write_text("")
+        out, reason = folder / "file" / "data.h5", f"{folder}/file is not a directory"
+    else:
+        out, reason = folder / "data.h5", f"cannot create files in {folder} ("
+    with read_only(folder) if case == "read-only" else contextmanager(lambda: (yield))():
+        result = run_cli(*COMMANDS[command](out, source))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"distributed-h5 {command}: error: output {out}")
+    assert reason in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    left = sorted(path.name for path in folder.iterdir())
+    assert left == (["file"] if case == "parent is a file" else [])  # no .partial, no probe, no parts
+
+
+def test_make_synthetic_leaves_no_partial_when_interrupted(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "big.h5"
+    argv = ["make-synthetic", out, "--samples", 3000, "--frames", 16, "--size", 64, 64]  # 590 MB
+    process = subprocess.Popen([sys.executable, "-m", "distributed_h5.cli", *map(str, argv)],
+                               stderr=subprocess.DEVNULL)
+    partial = tmp_path / "big.h5.partial"
+    deadline = time.monotonic() + 60
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert partial.exists()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
