@@ -60,8 +60,12 @@ class ShardedSequence(keras.utils.PyDataset):
         self.path = os.fspath(path)
         self.rank, self.size = world(rank, size)
         self.info = describe(self.path, locking=locking)
+        if subset not in sharding.SUBSETS:
+            raise ValueError(f"subset must be one of {sharding.SUBSETS}. Received: subset={subset!r}")
         self.batch_size, self.subset, self.validation_ratio = batch_size, subset, validation_ratio
         self.seed, self.remainder, self.threads, self.locking = seed, remainder, threads, locking
+        self.plan = sharding.ShardPlan(self.info.sample_count, validation_ratio=validation_ratio, seed=seed,
+                                       rank=self.rank, size=self.size, batch_size=batch_size, remainder=remainder)
         self._reader, self._reader_pid = None, None
         self.set_epoch(epoch)
 
@@ -71,10 +75,9 @@ class ShardedSequence(keras.utils.PyDataset):
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's sorted index batches in ``epoch``: a pure function of seed and epoch."""
-        return sharding.shard(
-            self.sample_count, subset=self.subset, validation_ratio=self.validation_ratio, seed=self.seed,
-            epoch=epoch, rank=self.rank, size=self.size, batch_size=self.batch_size, remainder=self.remainder,
-        )
+        if self.subset == "validation":
+            return self.plan.validation_batches()
+        return self.plan.batches(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the data order of ``epoch``."""

@@ -1,207 +1,120 @@
-"""``train_model``: data-parallel training of a compiled Keras model on an HDF5 video file."""
+"""``train_model``: data-parallel training of a compiled Keras model on an HDF5 video file.
+
+Imports Keras; the engine (Horovod, with TensorFlow) is imported when training starts.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-import re
-import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import keras
 import numpy as np
 
-from . import horovod as hvd_adapter
+from . import __version__, checkpoints, collective as collectives, replicas
+from .callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, EpochTiming, GlobalState, LearningRate,  # noqa: F401
+                        NonFiniteLoss, Preempted, StopAfterEpoch, Timeline)
+from .checkpoints import Position, RunConfig
 from .feeding import Feeder
+from .layers import synchronized_batchnorm
 from .sequence import ShardedSequence
 
-CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.keras$")
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
-# Written by rank 0 beside the checkpoint when it stopped on a signal, removed when a run
-# resumes: job scripts requeue on it (exit statuses are unreliable once a launcher kills
-# the ranks that have not exited yet).
-PREEMPTED_MARKER = "PREEMPTED"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+ENGINES = ("horovod",)
 
 
-class ResumePoint(NamedTuple):
-    """Where training stands: ``epoch`` epochs complete, plus ``step`` steps of the next."""
+@dataclass
+class RunSummary:
+    """What a ``train_model`` call did, attached to the returned History as ``history.run``."""
 
-    epoch: int
-    step: int = 0
+    ranks: int
+    epochs_run: list[int] = field(default_factory=list)
+    resumed_from: Position | None = None
+    best: dict | None = None
+    monitor: str | None = None
+    checkpoints: list[str] = field(default_factory=list)
+    elapsed_seconds: float = 0.0
 
-
-class Preempted(RuntimeError):
-    """Every rank stopped at the same step on a signal, after rank 0 wrote a checkpoint."""
-
-    exit_status = EXIT_PREEMPTED
-
-    def __init__(self, signum: int, at: ResumePoint):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after {at.epoch} epochs and {at.step} steps; "
-                         "a checkpoint was written: run again with resume to continue")
-        self.at = at
-
-
-class _ScaleLearningRate(keras.callbacks.Callback):
-    """Learning rate ``base * size``, reached by a linear warm-up from ``base`` (Goyal et al. 2017).
-
-    The global batch is ``size`` times one rank's, so the rate scales with it; the warm-up
-    avoids the early instability of a large rate. The rate is a function of (epoch, step),
-    so a resumed run follows the same schedule.
-    """
-
-    def __init__(self, base: float, size: int, warmup_epochs: float, steps_per_epoch: int, resume_at: ResumePoint):
-        super().__init__()
-        self.base, self.size = base, size
-        self.warmup_steps = warmup_epochs * steps_per_epoch
-        self.steps_per_epoch, self.resume_at = steps_per_epoch, resume_at
-        self.first_step = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        offset = self.resume_at.step if epoch == self.resume_at.epoch else 0
-        self.first_step = epoch * self.steps_per_epoch + offset
-
-    def on_train_batch_begin(self, batch, logs=None):
-        step = self.first_step + batch
-        progress = min(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        self.model.optimizer.learning_rate = self.base * (1 + (self.size - 1) * progress)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+    def line(self, history) -> str:
+        """The one summary line the CLI prints."""
+        final = {key: values[-1] for key, values in history.history.items() if values}
+        parts = [f"ranks={self.ranks}", f"epochs={len(self.epochs_run)}"]
+        if self.resumed_from is not None:
+            parts.append(f"resumed_from=epoch:{self.resumed_from.epoch},sample:{self.resumed_from.sample}")
+        parts += [f"{key}={value:.4g}" for key, value in sorted(final.items())]
+        if self.best:
+            parts.append(f"best_epoch={self.best['epoch']} best_{self.monitor}={self.best[self.monitor]:.4g}")
+        if self.checkpoints:
+            parts.append(f"checkpoint={self.checkpoints[-1]}")
+        parts.append(f"elapsed={self.elapsed_seconds:.1f}s")
+        return "summary: " + " ".join(parts)
 
 
-class _GlobalMetrics(keras.callbacks.Callback):
-    """Make epoch logs global: training metrics averaged over ranks, validation on all shards.
-
-    Runs on every rank, before any callback that reads the logs. Validation shards are
-    unpadded, and metric states (sums and counts) are summed across ranks, so the
-    validation metrics equal one process's on the whole validation subset.
-    """
-
-    def __init__(self, hvd, validation: ShardedSequence | None):
-        super().__init__()
-        self.hvd, self.validation = hvd, validation
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs.update(hvd_adapter.average_logs(logs, self.hvd))
-        if self.validation is not None:
-            logs.update({f"val_{k}": float(v) for k, v in evaluate(self.model, self.validation, self.hvd).items()})
-
-
-class _EpochTiming(keras.callbacks.Callback):
-    """Per epoch: samples per second (all ranks' samples), and ``data_wait_fraction``, the
-    share of the epoch this rank's training steps spent waiting for their batch (measured
-    by the :class:`Feeder`). Averaged over ranks like every log, printed by rank 0."""
-
-    def __init__(self, batch_size: int, size: int):
-        super().__init__()
-        self.samples_per_step = batch_size * size
-        self.feeder = None  # set by train_model for each fit
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._waited = time.perf_counter(), self.feeder.wait_seconds
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            elapsed = time.perf_counter() - self._start
-            logs["samples_per_second"] = self.params["steps"] * self.samples_per_step / elapsed
-            logs["data_wait_fraction"] = (self.feeder.wait_seconds - self._waited) / elapsed
-
-
-class _StopAfterEpoch(keras.callbacks.Callback):
-    """End ``fit`` after its first epoch (a resumed partial epoch has fewer batches)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.model.stop_training = True
-
-
-class _Checkpoint(keras.callbacks.Callback):
-    """Rank 0 only: after each epoch, save model and optimizer state atomically, keep the newest few."""
-
-    def __init__(self, directory: Path, keep: int):
-        super().__init__()
-        self.directory, self.keep = directory, keep
-
-    def on_epoch_end(self, epoch, logs=None):
-        save_checkpoint(self.model, self.directory, ResumePoint(epoch + 1))
-        for _, old in list_checkpoints(self.directory)[: -self.keep]:
-            old.unlink(missing_ok=True)
-
-
-class _StopOnSignal(keras.callbacks.Callback):
-    """On ``signum`` (SLURM's warning before the time limit, say), stop every rank at the
-    same step, have rank 0 checkpoint, and raise :class:`Preempted` on every rank.
-
-    Ranks receive the signal at different steps, so after every step they agree with a
-    max-allreduce of a flag; stopping at different steps would leave an allreduce hanging.
-    """
-
-    def __init__(self, hvd, signum: int, directory: Path, resume_at: ResumePoint):
-        super().__init__()
-        self.hvd, self.signum, self.directory, self.resume_at = hvd, signum, directory, resume_at
-        self.received = False
-
-    def on_train_begin(self, logs=None):
-        self.previous = signal.signal(self.signum, self._receive)
-
-    def on_train_end(self, logs=None):
-        signal.signal(self.signum, self.previous)
-
-    def _receive(self, signum, frame):
-        self.received = True
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self.offset = self.resume_at.step if epoch == self.resume_at.epoch else 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        flag = np.array([int(self.received)], dtype=np.int32)
-        if not self.hvd.allreduce(flag, op=self.hvd.Max, name="distributed_h5.stop").numpy()[0]:
-            return
-        at = ResumePoint(self.epoch, self.offset + batch + 1)
-        if self.hvd.rank() == 0:  # rank 0 alone writes
-            save_checkpoint(self.model, self.directory, at)
-            (self.directory / PREEMPTED_MARKER).write_text(f"{at.epoch} {at.step}\n")
-        # A barrier, so no rank exits (and no launcher kills rank 0) before the checkpoint is on disk.
-        self.hvd.allreduce(np.zeros(1, dtype=np.int32), name="distributed_h5.checkpointed")
-        signal.signal(self.signum, self.previous)
-        raise Preempted(self.signum, at)
-
-
-def list_checkpoints(directory: Path) -> list[tuple[ResumePoint, Path]]:
-    """``(resume point, path)`` of every complete checkpoint in ``directory``, oldest first."""
-    if directory is None or not directory.is_dir():
-        return []
-    found = [(ResumePoint(int(m.group(1)), int(m.group(2) or 0)), directory / name)
-             for name in os.listdir(directory) if (m := CHECKPOINT_PATTERN.match(name))]
-    return sorted(found)
-
-
-def save_checkpoint(model, directory: Path, at: ResumePoint) -> Path:
-    """Write ``epoch-NNNN.keras`` (or ``epoch-NNNN-step-SSSSSS.keras`` mid-epoch), with weights
-    and optimizer state, under a temporary name, then rename it: a kill mid-write leaves the
-    previous checkpoint intact and no partial file that looks complete."""
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{at.epoch:04d}" + (f"-step-{at.step:06d}" if at.step else "")
-    final = directory / f"{name}.keras"
-    partial = directory / f".partial-{os.getpid()}-{final.name}"
-    try:
-        with hvd_adapter.plain_optimizer(model):  # loadable without this package
-            model.save(partial)
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    return final
-
-
-def evaluate(model, sequence: ShardedSequence, hvd) -> dict[str, float]:
+def evaluate(model, sequence: ShardedSequence, collective) -> dict[str, float]:
     """The model's compiled loss and metrics on every rank's validation shard together."""
     model.evaluate(sequence, verbose=0)
-    hvd_adapter.sum_metric_states(model, hvd)
+    replicas.sum_metric_states(model, collective)
     return {name: float(value) for name, value in model.get_metrics_result().items()}
+
+
+def _check_arguments(*, epochs, batch_size, keep_checkpoints, warmup_epochs, check_every, precision, learning_rate,
+                     monitor, engine):
+    def positive_int(name, value):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
+    positive_int("keep_checkpoints", keep_checkpoints)
+    positive_int("check_every", check_every)
+    if not (isinstance(warmup_epochs, (int, float)) and math.isfinite(warmup_epochs) and warmup_epochs >= 0):
+        raise ValueError(f"warmup_epochs must be a finite number >= 0. Received: warmup_epochs={warmup_epochs!r}")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"the optimizer's learning rate must be a finite number > 0. Received: {learning_rate!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
+    if monitor is not None and not isinstance(monitor, str):
+        raise ValueError(f"monitor must be a metric name such as 'val_loss' or None. Received: {monitor!r}")
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
+
+
+def init_engine(engine: str | None = None):
+    """The collective of ``engine`` (default: the one that fits Keras' backend)."""
+    backend = keras.backend.backend()
+    engine = engine or "horovod"
+    if engine == "horovod" and backend != "tensorflow":
+        raise ValueError(f"the horovod engine needs KERAS_BACKEND=tensorflow. Received: Keras backend {backend!r}")
+    from . import horovod
+
+    return horovod.init()
+
+
+def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path | None):
+    """Rank 0: create and probe the directories it will write, and lock the checkpoint
+    directory. Returns ``(lock, error)``: the one-line error every rank will raise."""
+    if rank != 0:
+        return None, None
+    try:
+        for directory in {d for d in (checkpoint_dir, log_dir) if d is not None}:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OSError as exc:
+        return None, f"cannot write to {exc.filename or directory}: {exc.strerror or exc}"
+    if checkpoint_dir is None:
+        return None, None
+    lock = checkpoints.DirectoryLock(checkpoint_dir)
+    try:
+        lock.acquire()
+    except (RuntimeError, OSError) as exc:
+        return None, str(exc)
+    return lock, None
 
 
 def train_model(
@@ -217,6 +130,7 @@ def train_model(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     keep_checkpoints: int = 2,
+    monitor: str | None = "val_loss",
     log_dir: str | os.PathLike | None = None,
     remainder: str = "pad",
     threads: int | None = None,
@@ -224,126 +138,279 @@ def train_model(
     verbose: int = 1,
     callbacks: list | None = None,
     stop_signal: int | None = None,
+    check_every: int = 8,
+    sync_batchnorm: bool = False,
+    precision: str | None = None,
+    allow_config_change: tuple[str, ...] = (),
+    engine: str | None = None,
 ) -> keras.callbacks.History:
-    """Train a compiled Keras ``model`` on the HDF5 file ``path`` across all Horovod ranks.
+    """Train a compiled Keras ``model`` on the HDF5 file ``path`` across all ranks of the job.
 
     Run it in every process of the job (``horovodrun``, ``mpirun`` or ``srun``), or in one
     process alone. Each rank trains on its shard of the training subset; gradients are
-    averaged by allreduce inside the compiled step, so replicas stay identical. Returns the
-    Keras ``History``, the same on every rank: training metrics averaged over ranks, and
-    ``val_*`` metrics computed on the whole validation subset.
+    averaged by allreduce inside the compiled step. Returns the Keras ``History``, the same
+    on every rank (training metrics averaged over ranks, ``val_*`` computed on the whole
+    validation subset), with ``history.run`` a :class:`RunSummary`.
 
     Guarantees: every rank runs the same number of steps; the data order depends only on
-    ``seed`` and the epoch, not on the number of ranks; only rank 0 prints and writes.
+    ``seed`` and the epoch, not on the number of ranks; after every epoch, and so at the
+    end, the replicas are identical, BatchNorm moving statistics included (averaged over
+    ranks), and validation and checkpoints use that model; only rank 0 prints and writes.
 
     Args:
-        model: a compiled Keras model; its optimizer, loss and metrics are kept.
+        model: a compiled Keras model; its optimizer, loss and metrics are kept. Build it
+            under the dtype policy of ``precision`` (``keras.config.set_dtype_policy``).
         path: HDF5 file in the package's layout.
         validation_ratio: fraction held out for validation; 0 skips validation (default 0.3).
         batch_size: clips per step on each rank; the global batch is ``batch_size * size``.
         epochs: total epochs, counting those done before a resume (default 10).
         seed: seeds the split and each epoch's order (default 0).
-        scale_learning_rate: multiply the learning rate by the number of ranks (default True).
-        warmup_epochs: epochs of linear warm-up to the scaled rate (default 3; 0 for none).
-        checkpoint_dir: where rank 0 writes ``epoch-NNNN.keras`` after each epoch (default: none).
-        resume: continue from the newest checkpoint in ``checkpoint_dir``, if any.
-        keep_checkpoints: how many checkpoints to keep (default 2).
-        log_dir: where rank 0 writes ``training.csv`` and TensorBoard logs (default: none).
+        scale_learning_rate: the optimizer's rate is for a global batch of ``batch_size``;
+            scale it linearly to the real global batch after a warm-up (default True).
+        warmup_epochs: epochs (in samples) of linear warm-up to the scaled rate (default 3).
+        checkpoint_dir: where rank 0 writes checkpoints (see :mod:`distributed_h5.checkpoints`).
+        resume: continue from the newest intact checkpoint in ``checkpoint_dir``, if any, on
+            any rank count and batch size, from the exact sample where it stopped.
+        keep_checkpoints: how many epoch checkpoints to keep, >= 1 (default 2).
+        monitor: the logged metric that picks ``best.keras`` (``val_loss``, lower is better;
+            names with ``acc`` higher is better), or None (default ``"val_loss"``).
+        log_dir: where rank 0 writes ``training.csv``, ``training.png`` and TensorBoard logs
+            (default: ``checkpoint_dir``).
         remainder: ``"pad"`` or ``"drop"`` the last partial global batch (default ``"pad"``).
         threads: reader threads per batch (default: usable cores, at most 4).
         workers: batches read ahead in parallel by the feeder (default 1; 2 batches ahead each).
         verbose: Keras progress output on rank 0 (0, 1 or 2).
         callbacks: more Keras callbacks, run on every rank after the package's own.
         stop_signal: a signal (e.g. ``signal.SIGUSR1``) on which every rank stops at the same
-            step, rank 0 writes a mid-epoch checkpoint, and :class:`Preempted` is raised; a
-            run with ``resume=True`` then continues from that very step. Needs ``checkpoint_dir``.
+            step, rank 0 writes a mid-epoch checkpoint, and :class:`Preempted` is raised.
+        check_every: steps between the ranks' agreement on stopping (signal, non-finite
+            loss); each check reads the loss from the device (default 8).
+        sync_batchnorm: compute BatchNormalization statistics over the global batch (see
+            :class:`distributed_h5.layers.SyncBatchNormalization`); layers stay plain.
+        precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``; checked against
+            the model's dtype policy and recorded (default: the model's policy).
+        allow_config_change: checkpoint fields a resume may change (``seed``,
+            ``validation_ratio``, ``sample_count``, ``fingerprint``).
+        engine: ``"horovod"`` (default: the engine that fits Keras' backend).
 
     Example:
         >>> model = video_classifier((16, 3, 64, 64), classes=4)                 # doctest: +SKIP
         >>> model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
         >>> history = train_model(model, "data.h5", batch_size=8, epochs=5)
     """
+    started = time.perf_counter()
     if model.optimizer is None or not getattr(model, "compiled", False):
         raise ValueError("model must be compiled (model.compile(optimizer=..., loss=...)) before train_model")
+    try:
+        base_rate = float(np.asarray(model.optimizer.learning_rate))
+    except (TypeError, ValueError):
+        base_rate = math.nan
+    _check_arguments(epochs=epochs, batch_size=batch_size, keep_checkpoints=keep_checkpoints,
+                     warmup_epochs=warmup_epochs, check_every=check_every, precision=precision,
+                     learning_rate=base_rate, monitor=monitor, engine=engine)
     if (resume or stop_signal is not None) and checkpoint_dir is None:
         raise ValueError("resume and stop_signal need a checkpoint_dir. Received: checkpoint_dir=None")
-    hvd = hvd_adapter.init()
-    rank, size = hvd.rank(), hvd.size()
+    policy = model.dtype_policy.name
+    if precision is not None and precision != policy:
+        raise ValueError(f"precision={precision!r} but the model was built with dtype policy {policy!r}; build it "
+                         f"after keras.config.set_dtype_policy({precision!r})")
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    log_dir = Path(log_dir) if log_dir is not None else checkpoint_dir
+    collective = init_engine(engine)
+    rank, size = collective.rank, collective.size
     common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
                   threads=threads)
     train = ShardedSequence(path, subset="train", remainder=remainder, **common)
     validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
-    steps_per_epoch = len(train)
-
+    plan = train.plan
+    lock = None
+    summary = RunSummary(ranks=size, monitor=monitor)
     try:
-        hvd_adapter.distribute_optimizer(model, hvd)
-        if not model.built:
-            model(train[0][0][:1])
-        checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        base_rate = float(model.optimizer.learning_rate)  # before a checkpoint can overwrite it with a scaled rate
-        # Rank 0 decides where to resume and tells the others; only it reads the checkpoint,
-        # and the broadcast below gives every rank its weights and optimizer state.
-        resume_at = ResumePoint(0)
-        if resume and rank == 0:
-            (checkpoint_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
-            found = list_checkpoints(checkpoint_dir)
-            if found:
-                resume_at, newest = found[-1]
-                model.optimizer.build(model.trainable_variables)
-                model.load_weights(newest)
-        resume_at = ResumePoint(*hvd_adapter.broadcast_object(tuple(resume_at), hvd))
-        if resume_at.step >= steps_per_epoch:  # stopped after an epoch's last step
-            resume_at = ResumePoint(resume_at.epoch + 1)
-        hvd_adapter.broadcast_state(model, hvd)
-        if resume_at.epoch >= epochs:
-            return keras.callbacks.History()
-
-        timing = _EpochTiming(batch_size, size)
-        run_callbacks = [timing]
-        if scale_learning_rate:
-            run_callbacks.append(_ScaleLearningRate(base_rate, size, warmup_epochs, steps_per_epoch, resume_at))
-        if stop_signal is not None:
-            run_callbacks.append(_StopOnSignal(hvd, stop_signal, checkpoint_dir, resume_at))
-        run_callbacks.append(_GlobalMetrics(hvd, validation))
-        # Rank 0 alone writes: the others hold identical weights and the same global logs.
-        if rank == 0:
-            if checkpoint_dir is not None:
-                run_callbacks.append(_Checkpoint(checkpoint_dir, keep_checkpoints))
-            if log_dir is not None:
-                csv_path = Path(log_dir) / "training.csv"
-                csv_path.parent.mkdir(parents=True, exist_ok=True)
-                if resume_at == ResumePoint(0):
-                    csv_path.unlink(missing_ok=True)
-                run_callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
-                run_callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_dir, "tensorboard")))
-        run_callbacks += list(callbacks or [])
-
-        def fit(first_epoch: int, start_step: int = 0, only_one: bool = False) -> keras.callbacks.History:
-            # The feeder yields epoch after epoch in the sequence's order from (first_epoch,
-            # start_step): the data order never depends on when Keras calls back.
-            timing.feeder = Feeder(train, first_epoch, start_step, workers=workers)
-            # shuffle=False: the order is already shuffled by (seed, epoch), identically on every rank.
-            return model.fit(timing.feeder.dataset(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
-                             steps_per_epoch=steps_per_epoch - start_step,
-                             callbacks=run_callbacks + ([_StopAfterEpoch()] if only_one else []),
-                             verbose=verbose if rank == 0 else 0)
-
-        histories = []
-        if resume_at.step:  # finish the interrupted epoch from the step it stopped at, in a fit of its own
-            histories.append(fit(resume_at.epoch, resume_at.step, only_one=True))
-        first_full_epoch = resume_at.epoch + (1 if resume_at.step else 0)
-        if first_full_epoch < epochs:
-            histories.append(fit(first_full_epoch))
-        return _merge(histories)
+        # Rank 0 alone writes; it probes its directories and locks the checkpoint directory
+        # before any work, and every rank raises the same one-line error if that failed.
+        lock, error = _prepare_directories(rank, checkpoint_dir, log_dir)
+        error = collectives_broadcast(collective, error)
+        if error:
+            raise RuntimeError(error)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(collectives.activate(collective))
+            stack.enter_context(replicas.distributed(model, collective))
+            if sync_batchnorm:
+                stack.enter_context(synchronized_batchnorm(model))
+            if not model.built:
+                model(train[0][0][:1])
+            history = _run(model, collective, train, validation, plan, summary, base_rate=base_rate, epochs=epochs,
+                           scale_learning_rate=scale_learning_rate, warmup_epochs=warmup_epochs,
+                           checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
+                           monitor=monitor, log_dir=log_dir, workers=workers, verbose=verbose,
+                           callbacks=callbacks, stop_signal=stop_signal, check_every=check_every,
+                           precision=policy, allow_config_change=tuple(allow_config_change), path=path)
+        summary.elapsed_seconds = time.perf_counter() - started
+        history.run = summary
+        return history
     finally:
-        hvd_adapter.undistribute_optimizer(model)  # the caller gets its own optimizer back
+        if lock is not None:
+            lock.release()
         train.close()
         if validation is not None:
             validation.close()
 
 
+def collectives_broadcast(collective, value):
+    """``value`` as rank 0 has it, on every rank (rank 0's decisions: errors, resume points)."""
+    return collective.broadcast_object(value) if collective.size > 1 else value
+
+
+def _resume_point(model, collective, checkpoint_dir, config: RunConfig, allowed, resume: bool):
+    """Rank 0 reads the newest intact checkpoint, checks its configuration and loads it;
+    every rank learns ``(position, base_batch, best, error)``."""
+    decision = (Position(0), config.base_batch, None, None)
+    if resume and collective.rank == 0:
+        (checkpoint_dir / checkpoints.PREEMPTED_MARKER).unlink(missing_ok=True)
+        found = checkpoints.newest_intact(checkpoint_dir)
+        if found is not None:
+            position, newest, record = found
+            saved = checkpoints.record_config(record)
+            try:
+                checkpoints.check_config(saved, config, allowed, where=f"from {newest}")
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(newest)
+                base_batch = saved.base_batch if saved is not None else config.base_batch
+                decision = (position, base_batch, record.get("best"), None)
+            except ValueError as exc:
+                decision = (Position(0), config.base_batch, None, str(exc))
+    position, base_batch, best, error = collectives_broadcast(collective, decision)
+    if error:
+        raise checkpoints.ConfigMismatch(error)
+    return position, base_batch, best
+
+
+def _run(model, collective, train, validation, plan, summary, *, base_rate, epochs, scale_learning_rate,
+         warmup_epochs, checkpoint_dir, resume, keep_checkpoints, monitor, log_dir, workers, verbose, callbacks,
+         stop_signal, check_every, precision, allow_config_change, path):
+    rank = collective.rank
+    info = train.info
+    config = RunConfig(
+        seed=plan.seed, validation_ratio=plan.validation_ratio, sample_count=plan.sample_count,
+        fingerprint=checkpoints.fingerprint(path, plan.sample_count) if (rank == 0 and checkpoint_dir) else "",
+        path=os.path.abspath(path), file_bytes=info.file_bytes, remainder=plan.remainder,
+        batch_size=plan.batch_size, ranks=plan.size, global_batch=plan.global_batch, base_batch=plan.batch_size,
+        precision=precision, engine=collective.name, version=__version__)
+    checkpoints.check_config(None, config, allow_config_change)  # validates the field names
+    position, base_batch, best = _resume_point(model, collective, checkpoint_dir, config, allow_config_change, resume)
+    config = RunConfig(**{**config.__dict__, "base_batch": base_batch})
+    if position != Position(0):
+        summary.resumed_from = position
+    if position.sample >= plan.train_count:
+        position = Position(position.epoch + 1)
+    replicas.broadcast_state(model, collective)
+    summary.best = best
+    if position.epoch >= epochs:
+        return keras.callbacks.History()
+
+    timeline = Timeline(plan, position)
+    feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers)
+
+    def validate(m):
+        return evaluate(m, validation, collective)
+
+    def stop_checkpoint(at: Position) -> None:
+        replicas.average_moving_state(model, collective)
+        if rank == 0:  # rank 0 alone writes
+            path_ = checkpoints.save(model, checkpoint_dir / checkpoints.name_for(at), at, config,
+                                     best=checkpointer.best if checkpointer else best, monitor=monitor)
+            summary.checkpoints.append(str(path_))
+            (checkpoint_dir / checkpoints.PREEMPTED_MARKER).write_text(f"{at.epoch} {at.sample}\n")
+        # A barrier, so no rank exits (and no launcher kills rank 0) before the checkpoint is on disk.
+        collective.barrier()
+
+    # The order matters, and is decided here only:
+    # 1. EpochTiming and LearningRate first: they only read the Timeline and the Feeder.
+    # 2. Agreement before GlobalState: a non-finite epoch stops before it is validated or saved.
+    # 3. GlobalState before everything that reads epoch logs (Checkpointer, CSVLogger,
+    #    TensorBoard, the caller's callbacks): it makes them global and the replicas identical.
+    checkpointer = None
+    run_callbacks = [EpochTiming(feeder, plan.global_batch)]
+    if scale_learning_rate:
+        run_callbacks.append(LearningRate(base_rate, base_batch, timeline, warmup_epochs))
+    run_callbacks.append(Agreement(collective, timeline, check_every, stop_signal,
+                                   stop_checkpoint if stop_signal is not None else None))
+    run_callbacks.append(GlobalState(collective, validate if validation is not None else None))
+    if rank == 0:  # rank 0 alone writes: the others hold identical weights and the same global logs
+        if checkpoint_dir is not None:
+            checkpointer = Checkpointer(checkpoint_dir, keep_checkpoints, config, monitor, best)
+            run_callbacks.append(checkpointer)
+        if log_dir is not None:
+            csv_path = log_dir / "training.csv"
+            if position == Position(0):
+                csv_path.unlink(missing_ok=True)
+            run_callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
+            run_callbacks.append(keras.callbacks.TensorBoard(str(log_dir / "tensorboard")))
+    run_callbacks += list(callbacks or [])
+
+    def fit(first_epoch: int, only_one: bool = False) -> keras.callbacks.History:
+        # shuffle=False: the order is already shuffled by (seed, epoch), identically on every rank.
+        return model.fit(feeder.dataset(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+                         steps_per_epoch=feeder.steps(first_epoch),
+                         callbacks=run_callbacks + ([StopAfterEpoch()] if only_one else []),
+                         verbose=verbose if rank == 0 else 0)
+
+    histories = []
+    first_full_epoch = position.epoch
+    if position.sample:  # finish the interrupted epoch from its sample position, in a fit of its own
+        if feeder.steps(position.epoch):
+            histories.append(fit(position.epoch, only_one=True))
+        first_full_epoch += 1
+        feeder.restart_at(first_full_epoch)
+    if first_full_epoch < epochs:
+        histories.append(fit(first_full_epoch))
+    history = _merge(histories)
+    summary.epochs_run = list(history.epoch)
+    if checkpointer is not None:
+        summary.best = checkpointer.best
+        summary.checkpoints += [str(p) for p in checkpointer.paths]
+    if rank == 0 and log_dir is not None:
+        _plot(log_dir / "training.csv", log_dir / "training.png")
+    return history
+
+
+def _plot(csv_path: Path, png_path: Path) -> None:
+    """Rank 0: the training curves from ``training.csv`` as a PNG (loss and accuracy per epoch)."""
+    import csv
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    panels = [[k for k in ("loss", "val_loss") if k in rows[0]],
+              [k for k in rows[0] if "acc" in k]]
+    panels = [keys for keys in panels if keys]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for axis, keys in zip(axes[0], panels):
+        for key in keys:
+            axis.plot(epochs, [float(row[key]) for row in rows], marker="o", label=key)
+        axis.set_xlabel("epoch")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    partial = png_path.with_name(f".partial-{png_path.name}")
+    figure.savefig(partial, format="png")
+    plt.close(figure)
+    os.replace(partial, png_path)
+
+
 def _merge(histories: list[keras.callbacks.History]) -> keras.callbacks.History:
     """One History from the fit of a resumed partial epoch and the fit of the epochs after it."""
+    if not histories:
+        return keras.callbacks.History()
     merged = histories[-1]
     for earlier in histories[:-1]:
         for key, values in earlier.history.items():

@@ -18,6 +18,11 @@ from .conftest import launch, report, train, weights
 CONTROLLERS = ["gloo", "mpi"]
 
 
+def saved(directory: Path) -> list[str]:
+    """The checkpoints and the PREEMPTED marker in ``directory`` (logs and the lock aside)."""
+    return sorted(p.name for p in directory.iterdir() if p.suffix == ".keras" or p.name == "PREEMPTED")
+
+
 @pytest.mark.parametrize("controller", CONTROLLERS)
 def test_two_ranks_match_one_rank_with_twice_the_batch(tmp_path, small_file, controller):
     """Averaged gradients of two half-batches are the full batch's gradient (SGD, no LR scaling)."""
@@ -63,11 +68,11 @@ def test_resume_continues_as_an_uninterrupted_run(tmp_path, small_file):
     train(2, "gloo", small_file, tmp_path / "straight", "--epochs", 4, *common)
     checkpoints = tmp_path / "checkpoints"
     train(2, "gloo", small_file, tmp_path / "first", "--epochs", 2, "--checkpoint-dir", checkpoints, *common)
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0001.keras", "epoch-0002.keras"]
+    assert saved(checkpoints) == ["best.keras", "epoch-0001.keras", "epoch-0002.keras"]
     train(2, "gloo", small_file, tmp_path / "resumed", "--epochs", 4, "--checkpoint-dir", checkpoints,
           "--resume", *common)
     assert report(tmp_path / "resumed", 0)["epochs"] == [2, 3]
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0003.keras", "epoch-0004.keras"]
+    assert saved(checkpoints) == ["best.keras", "epoch-0003.keras", "epoch-0004.keras"]
     for a, b in zip(weights(tmp_path / "resumed", 1), weights(tmp_path / "straight", 1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     straight, resumed = report(tmp_path / "straight", 0)["history"], report(tmp_path / "resumed", 0)["history"]
@@ -83,7 +88,7 @@ def test_a_killed_rank_ends_the_job_and_resume_finishes(tmp_path, small_file, co
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     assert elapsed < 60 + 30, f"the job took {elapsed:.0f} s to end after a rank died"
-    assert [p.name for p in checkpoints.iterdir()] == ["epoch-0001.keras"]
+    assert saved(checkpoints) == ["best.keras", "epoch-0001.keras"]
     import keras
 
     restored = keras.models.load_model(checkpoints / "epoch-0001.keras")
@@ -118,11 +123,11 @@ def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(tmp_path, small_
                     "--usr1", 0, 1, 3, "--usr1", 1, 1, 6, check=False)
     # horovodrun reports the first rank's status (75, "run again with resume") and exits 1.
     assert stopped.returncode == 1 and "Exit code: 75" in stopped.stderr, stopped.stderr[-3000:]
-    # Rank 0 got the signal before batch 3 of epoch 1; both ranks stopped after that batch.
-    assert [json.loads((tmp_path / "stopped" / f"rank{r}.stopped").read_text()) for r in (0, 1)] == [[1, 4], [1, 4]]
-    assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "PREEMPTED", "epoch-0001-step-000004.keras", "epoch-0001.keras"]
-    assert (checkpoints / "PREEMPTED").read_text() == "1 4\n"
+    # Rank 0 got the signal before batch 3 of epoch 1; both ranks stopped after that batch:
+    # 4 global batches of 2 x 4 = 32 samples of epoch 1's order.
+    assert [json.loads((tmp_path / "stopped" / f"rank{r}.stopped").read_text())["at"] for r in (0, 1)] == [[1, 32]] * 2
+    assert saved(checkpoints) == ["PREEMPTED", "best.keras", "epoch-0001-sample-000000032.keras", "epoch-0001.keras"]
+    assert (checkpoints / "PREEMPTED").read_text() == "1 32\n"
     train(2, "gloo", small_file, tmp_path / "resumed", *common, "--checkpoint-dir", checkpoints, "--resume")
     assert not (checkpoints / "PREEMPTED").exists()
     assert report(tmp_path / "resumed", 0)["epochs"] == [1, 2]

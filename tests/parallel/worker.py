@@ -1,7 +1,8 @@
 """One rank of a parallel test: train with train_model, then save what the test compares.
 
 Run by tests/parallel/test_training.py under `horovodrun -np N` (Gloo or MPI). Each rank
-writes rank<R>.npz (final weights) and rank<R>.json (history and its own facts).
+writes rank<R>.npz (final weights, moving statistics included), rank<R>.json (history, its
+own facts, and the clip indices of every step it trained: clips carry their own index).
 """
 
 import argparse
@@ -20,8 +21,24 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from distributed_h5 import train_model  # noqa: E402
-from distributed_h5.training import Preempted  # noqa: E402
-from distributed_h5.models import video_classifier  # noqa: E402
+from distributed_h5.callbacks import NonFiniteLoss, Preempted  # noqa: E402
+from distributed_h5.feeding import Feeder  # noqa: E402
+from distributed_h5.synthetic import clip_index  # noqa: E402
+
+TRAINED = []  # clip indices of each step, in order: what the step asked the Feeder for
+
+
+def record_trained_clips():
+    """Observe the Feeder: train_model's tf.data pipeline has no buffer, so each batch it
+    yields is the batch of the next training step."""
+    iterate = Feeder.__iter__
+
+    def recorded(self):
+        for x, y in iterate(self):
+            TRAINED.append(clip_index(x).tolist())
+            yield x, y
+
+    Feeder.__iter__ = recorded
 
 
 class SignalAt(keras.callbacks.Callback):
@@ -39,19 +56,27 @@ class SignalAt(keras.callbacks.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-class KillAt(keras.callbacks.Callback):
+class KillAt(SignalAt):
     """Die abruptly at (epoch, batch), as a crashed node would."""
 
     def __init__(self, epoch, batch):
-        super().__init__()
-        self.at = (epoch, batch)
+        super().__init__(signal.SIGKILL, epoch, batch)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
+def build(args, info, init_seed):
+    from distributed_h5 import layers
+    from distributed_h5.models import r2plus1d_18, video_classifier
+
+    keras.config.set_dtype_policy(args.precision)
+    if args.model == "r2plus1d_18":
+        return r2plus1d_18(info.clip_shape, info.classes, width=4, dtype=info.dtype, seed=init_seed)
+    model = video_classifier(info.clip_shape, info.classes, width=4, depth=2, dropout=0.0, seed=init_seed,
+                             batchnorm=args.model in ("bn", "syncbn"), dtype=info.dtype)
+    if args.model == "syncbn":  # the layer class itself, as a user who builds with it would
+        model = keras.models.clone_model(model, clone_function=lambda layer: layers.SyncBatchNormalization.from_config(
+            layer.get_config()) if isinstance(layer, keras.layers.BatchNormalization) else layer.__class__.from_config(
+            layer.get_config()))
+    return model
 
 
 def main():
@@ -61,11 +86,19 @@ def main():
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--validation-ratio", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-seed", default="0", help="an integer, or 'rank' for a different init per rank")
+    parser.add_argument("--model", choices=("plain", "bn", "syncbn", "r2plus1d_18"), default="plain")
+    parser.add_argument("--sync-bn", action="store_true")
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--scale-lr", action="store_true")
+    parser.add_argument("--warmup-epochs", type=float, default=1)
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--allow-config-change", action="append", default=[])
+    parser.add_argument("--check-every", type=int, default=1)
     parser.add_argument("--kill", nargs=3, type=int, metavar=("RANK", "EPOCH", "BATCH"))
     parser.add_argument("--usr1", nargs=3, type=int, action="append", default=[], metavar=("RANK", "EPOCH", "BATCH"),
                         help="send SIGUSR1 to RANK at (EPOCH, BATCH) and stop on it")
@@ -80,25 +113,37 @@ def main():
     from distributed_h5.dataset import describe
 
     info = describe(args.file)
-    model = video_classifier(info.clip_shape, info.classes, width=4, depth=2, dropout=0.0, seed=init_seed)
-    model.compile(optimizer=keras.optimizers.SGD(args.learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = build(args, info, init_seed)
+    optimizer = (keras.optimizers.SGD(args.learning_rate) if args.optimizer == "sgd"
+                 else keras.optimizers.Adam(args.learning_rate))
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     callbacks = [KillAt(*args.kill[1:])] if args.kill and args.kill[0] == rank else []
     callbacks += [SignalAt(signal.SIGUSR1, epoch, batch) for who, epoch, batch in args.usr1 if who == rank]
+    record_trained_clips()
+    args.out.mkdir(parents=True, exist_ok=True)
+    facts = {"size": hvd.size()}
     try:
         history = train_model(
             model, args.file, batch_size=args.batch_size, epochs=args.epochs, validation_ratio=args.validation_ratio,
-            scale_learning_rate=args.scale_lr, warmup_epochs=1, checkpoint_dir=args.checkpoint_dir,
-            resume=args.resume, verbose=0, callbacks=callbacks, stop_signal=signal.SIGUSR1 if args.usr1 else None,
-        )
+            seed=args.seed, scale_learning_rate=args.scale_lr, warmup_epochs=args.warmup_epochs,
+            checkpoint_dir=args.checkpoint_dir, resume=args.resume, verbose=0, callbacks=callbacks,
+            stop_signal=signal.SIGUSR1 if args.usr1 else None, check_every=args.check_every,
+            sync_batchnorm=args.sync_bn, precision=args.precision,
+            allow_config_change=tuple(args.allow_config_change))
     except Preempted as stopped:
-        (args.out / f"rank{rank}.stopped").parent.mkdir(parents=True, exist_ok=True)
-        (args.out / f"rank{rank}.stopped").write_text(json.dumps(list(stopped.at)))
+        (args.out / f"rank{rank}.stopped").write_text(json.dumps(
+            {"at": [stopped.at.epoch, stopped.at.sample], "trained": TRAINED}))
         raise SystemExit(stopped.exit_status) from None
-    args.out.mkdir(parents=True, exist_ok=True)
+    except (NonFiniteLoss, ValueError) as error:
+        (args.out / f"rank{rank}.error").write_text(f"{type(error).__name__}: {error}")
+        raise SystemExit(3) from None
     np.savez(args.out / f"rank{rank}.npz", *model.get_weights())
-    (args.out / f"rank{rank}.json").write_text(json.dumps(
-        {"size": hvd.size(), "epochs": history.epoch, "history": history.history}))
+    optimizer = model.optimizer
+    facts.update(epochs=history.epoch, history=history.history, trained=TRAINED,
+                 summary=history.run.line(history) if hasattr(history, "run") else "",
+                 loss_scale=float(optimizer.dynamic_scale.numpy()) if hasattr(optimizer, "dynamic_scale") else None,
+                 iterations=int(optimizer.iterations.numpy()), policy=model.dtype_policy.name)
+    (args.out / f"rank{rank}.json").write_text(json.dumps(facts))
 
 
 if __name__ == "__main__":

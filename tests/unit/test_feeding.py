@@ -10,7 +10,7 @@ from distributed_h5.synthetic import clip_index
 def test_feeder_continues_across_epochs_from_a_mid_epoch_start(files):
     seq = ShardedSequence(files["clip-chunks"], batch_size=8, rank=1, size=2, seed=5)
     steps = len(seq)  # 9 batches of 8 over 137 training clips / 2 ranks
-    feeder = Feeder(seq, first_epoch=3, start_step=4, workers=2)
+    feeder = Feeder.for_sequence(seq, first_epoch=3, start=4 * 16, workers=2)  # 4 global batches of 2 x 8 done
     expected = [b.tolist() for b in seq.epoch_batches(3)[4:] + seq.epoch_batches(4) + seq.epoch_batches(5)[:2]]
     got = []
     for x, y in feeder.dataset().take(steps - 4 + steps + 2):
@@ -25,10 +25,27 @@ def test_wait_is_the_time_spent_blocked_on_a_slow_read(files, monkeypatch):
     reader = seq.reader()
     real_read = reader.read
     monkeypatch.setattr(reader, "read", lambda batch: (time.sleep(0.05), real_read(batch))[1])
-    feeder = Feeder(seq, workers=1, depth=1)
+    feeder = Feeder.for_sequence(seq, workers=1, depth=1)
     batches = iter(feeder)
     for _ in range(4):  # nothing is computed between batches: each waits for its whole read
         next(batches)
     assert 4 * 0.05 <= feeder.wait_seconds < 1.0  # at least the four sleeps; far from a speed target
     batches.close()
     seq.close()
+
+
+def test_a_resumed_epoch_with_another_global_batch_trains_the_rest_exactly_once():
+    """Stopped after 3 global batches of 2 ranks x 4 (24 samples), resumed on 1 rank x 16."""
+    from distributed_h5 import sharding
+
+    common = dict(validation_ratio=0.3, seed=5)
+    order = sharding.epoch_order(sharding.split(197, 0.3, 5).train, 5, 2).tolist()  # 137 training samples
+    before = [sharding.ShardPlan(197, rank=r, size=2, batch_size=4, **common) for r in (0, 1)]
+    trained = [i for plan in before for batch in plan.batches(2)[:3] for i in batch.tolist()]
+    assert sorted(trained) == sorted(order[:24]) and before[0].samples_after(0, 3) == 24
+    after = sharding.ShardPlan(197, rank=0, size=1, batch_size=16, **common)
+    rest = [i for batch in after.batches(2, start=24) for i in batch.tolist()]
+    # 113 samples remain: 8 batches of 16, the last padded with the order's first 15
+    assert len(after.batches(2, start=24)) == 8
+    assert sorted(trained + rest) == sorted(order + order[:15])
+    assert after.batches(2, start=137) == [] and after.samples_after(24, 8) == 137

@@ -1,0 +1,110 @@
+"""Keep every rank's model replica identical, through a collective. Imports Keras.
+
+* :func:`distributed` averages gradients inside the compiled step, for as long as a block
+  runs, and then leaves the caller's optimizer and ``jit_compile`` exactly as it found them;
+* :func:`broadcast_state` gives every rank rank 0's weights and optimizer state;
+* :func:`average_moving_state` averages what each rank's forward pass updates on its own
+  (BatchNormalization's moving mean and variance), so validation, checkpoints and the
+  returned model are the same on every rank;
+* :func:`sum_metric_states` makes metrics global (sums and counts across ranks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def distributed(model, collective):
+    """Within the block, ``model``'s optimizer averages gradients across ranks before applying them.
+
+    The averaging wraps the outermost optimizer's ``apply_gradients`` (an attribute of this
+    one optimizer, removed at exit), so under ``mixed_float16`` it is the *scaled* gradients
+    of Keras' ``LossScaleOptimizer`` that are averaged: a step that overflows on any rank is
+    non-finite on every rank, is skipped everywhere, and the loss scale stays equal.
+    Horovod's collectives cannot be XLA-compiled, so ``jit_compile`` is off inside the block
+    and restored after; the compiled step functions are dropped on entry and exit.
+    """
+    optimizer = model.optimizer
+    if optimizer is None:
+        raise ValueError("the model must be compiled with an optimizer. Received: model.optimizer=None")
+    if "apply_gradients" in vars(optimizer):
+        raise RuntimeError("the model's optimizer is already distributed (nested train_model?)")
+    own_apply = optimizer.apply_gradients
+    jit_compile = model.jit_compile
+
+    def apply_gradients(grads_and_vars):
+        grads, variables = zip(*grads_and_vars)
+        return own_apply(zip(collective.average_gradients(list(grads)), variables))
+
+    optimizer.apply_gradients = apply_gradients
+    model.jit_compile = False
+    _drop_compiled_steps(model)
+    try:
+        yield model
+    finally:
+        del optimizer.apply_gradients
+        model.jit_compile = jit_compile
+        _drop_compiled_steps(model)
+
+
+def _drop_compiled_steps(model) -> None:
+    # The traced functions captured the optimizer as it was when they were traced.
+    model.train_function = model.test_function = model.predict_function = None
+    if hasattr(model, "make_train_function"):
+        model.train_function = None
+
+
+def broadcast_state(model, collective, root: int = 0) -> None:
+    """Copy the model's variables and optimizer state from ``root`` to every rank."""
+    model.optimizer.build(model.trainable_variables)
+    collective.broadcast_variables(list(model.variables) + list(model.optimizer.variables), root=root)
+
+
+def moving_state(model) -> list:
+    """The variables each rank's forward pass updates on its own: every non-trainable
+    floating-point variable of the model's layers (BatchNorm's moving mean and variance,
+    or any a layer assigns in its call). Integer state (seed generators) is excluded: it
+    advances identically on every rank."""
+    found, seen = [], set()
+    for variable in model.non_trainable_variables:
+        if id(variable) in seen or not np.dtype(_dtype_name(variable)).kind == "f":
+            continue
+        seen.add(id(variable))
+        found.append(variable)
+    return found
+
+
+def _dtype_name(variable) -> str:
+    dtype = variable.dtype
+    return dtype if isinstance(dtype, str) else getattr(dtype, "name", str(dtype))
+
+
+def average_moving_state(model, collective) -> int:
+    """Replace every rank's :func:`moving_state` by its mean across ranks; returns how many
+    variables were averaged. The mean of the ranks' moving averages is the moving average
+    one process would hold had it seen all ranks' batch statistics."""
+    variables = moving_state(model)
+    if collective.size == 1 or not variables:
+        return len(variables)
+    means = collective.mean([np.asarray(v.numpy(), dtype=np.float64) for v in variables])
+    for variable, mean in zip(variables, means):
+        variable.assign(mean.astype(_dtype_name(variable)))
+    return len(variables)
+
+
+def sum_metric_states(model, collective) -> None:
+    """Sum every metric's state variables across ranks, in the same order on every rank.
+
+    Keras metrics keep sums and counts (a mean's total and count, a confusion matrix's
+    cells), so after this ``metric.result()`` is what one process would compute on the
+    union of all ranks' data.
+    """
+    variables = [v for metric in model.metrics for v in metric.variables]
+    if not variables or collective.size == 1:
+        return
+    totals = collective.sum([np.asarray(v.numpy()) for v in variables])
+    for variable, total in zip(variables, totals):
+        variable.assign(total)
