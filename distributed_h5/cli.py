@@ -19,6 +19,39 @@ from .dataset import DatasetError
 EXIT_USAGE = 2
 
 
+def _finite_positive(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _finite_non_negative(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _unit(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -81,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--part-videos", type=_positive, default=16, help="videos per part file (the unit of resume)")
     convert.add_argument("--strict", action="store_true", help="exit non-zero if any video fails")
 
+    checkpoint = commands.add_parser("inspect-checkpoint", help="print what a checkpoint records (position, "
+                                     "run configuration, metrics)")
+    checkpoint.add_argument("checkpoint", help="a .keras checkpoint written by train")
+
     inspect = commands.add_parser("inspect", help="print a dataset's layout, or why it is invalid")
     inspect.add_argument("file")
 
@@ -91,23 +128,38 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--validation-ratio", type=float, default=0.3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--model", default="video",
-                       help="'video' for the reference (2+1)D model, or a compiled .keras model file")
-    train.add_argument("--width", type=_positive, default=16, help="reference model: filters of the first block")
-    train.add_argument("--depth", type=_positive, default=3, help="reference model: blocks")
-    train.add_argument("--dropout", type=float, default=0.3, help="reference model: dropout rate")
-    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="for the reference model")
-    train.add_argument("--learning-rate", type=float, default=1e-3, help="per-rank rate before scaling")
-    train.add_argument("--no-scale-lr", action="store_true", help="do not multiply the rate by the number of ranks")
-    train.add_argument("--warmup-epochs", type=float, default=3)
-    train.add_argument("--checkpoint-dir", help="rank 0 writes epoch-NNNN.keras here after each epoch")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    train.add_argument("--log-dir", help="rank 0 writes training.csv and TensorBoard logs here")
+                       help="'video' (the compact (2+1)D model), 'r2plus1d_18', or a compiled .keras model file")
+    train.add_argument("--width", type=_positive, help="reference models: filters of the first block "
+                       "(default 16 for video, 64 for r2plus1d_18)")
+    train.add_argument("--depth", type=_positive, default=3, help="video model: blocks")
+    train.add_argument("--dropout", type=_unit, default=0.3, help="reference models: dropout rate")
+    train.add_argument("--batchnorm", action="store_true", help="video model: BatchNormalization after each conv")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="BatchNorm statistics over the global batch (all ranks) instead of each rank's")
+    train.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
+                       help="float32 (default; CPUs), mixed_bfloat16 (A100/H100) or mixed_float16 (V100, T4)")
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="for the reference models")
+    train.add_argument("--learning-rate", type=_finite_positive, default=1e-3,
+                       help="the rate for one rank's batch, before scaling to the global batch")
+    train.add_argument("--no-scale-lr", action="store_true", help="do not scale the rate to the global batch")
+    train.add_argument("--warmup-epochs", type=_finite_non_negative, default=3)
+    train.add_argument("--checkpoint-dir", help="rank 0 writes epoch-NNNN.keras and best.keras here")
+    train.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    train.add_argument("--keep-checkpoints", type=_positive, default=2, help="epoch checkpoints kept (default 2)")
+    train.add_argument("--monitor", default="val_loss",
+                       help="metric that picks best.keras: val_loss (min) or val_accuracy (max); 'none' for no best")
+    train.add_argument("--allow-config-change", action="append", default=[],
+                       choices=("seed", "validation_ratio", "sample_count", "fingerprint"),
+                       help="resume although this field differs from the checkpoint's (repeatable)")
+    train.add_argument("--log-dir", help="training.csv, training.png and TensorBoard logs (default: --checkpoint-dir)")
     train.add_argument("--remainder", choices=("pad", "drop"), default="pad")
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
     train.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
                        help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
     train.add_argument("--stop-signal", choices=("USR1", "USR2", "TERM"),
                        help="on this signal all ranks stop at one step, rank 0 checkpoints, exit status 75")
+    train.add_argument("--check-every", type=_positive, default=8,
+                       help="steps between the ranks' agreement on stopping (signal, non-finite loss)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -213,33 +265,68 @@ def _train(args) -> int:
     import keras
 
     from .dataset import describe
-    from .models import video_classifier
+    from .models import r2plus1d_18, video_classifier
     from .training import train_model
 
     info = describe(args.file, labels=True, clips=True)  # bad labels or unreadable clips: one line, before any model
-    if args.model == "video":
-        model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth,
-                                 dropout=args.dropout, seed=args.seed)
+    # The dtype policy must be set before the model is built: layers take it at construction.
+    keras.config.set_dtype_policy(args.precision)
+    if args.model in ("video", "r2plus1d_18"):
+        if args.model == "video":
+            model = video_classifier(info.clip_shape, info.classes, width=args.width or 16, depth=args.depth,
+                                     dropout=args.dropout, batchnorm=args.batchnorm, dtype=info.dtype, seed=args.seed)
+        else:
+            model = r2plus1d_18(info.clip_shape, info.classes, width=args.width or 64, dropout=args.dropout,
+                                dtype=info.dtype, seed=args.seed)
         optimizer = (keras.optimizers.Adam(args.learning_rate) if args.optimizer == "adam"
                      else keras.optimizers.SGD(args.learning_rate, momentum=0.9))
         model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     else:
-        if not os.path.isfile(args.model):
-            raise ValueError(f"--model must be 'video' or a .keras model file. Received: {args.model!r}")
-        model = keras.models.load_model(args.model)
+        model = _load_compiled(args.model)
     history = train_model(
         model, args.file, validation_ratio=args.validation_ratio, batch_size=args.batch_size, epochs=args.epochs,
         seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, log_dir=args.log_dir, remainder=args.remainder,
-        threads=args.threads, verbose=args.verbose,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        monitor=None if args.monitor == "none" else args.monitor, log_dir=args.log_dir, remainder=args.remainder,
+        threads=args.threads, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
+        precision=args.precision, allow_config_change=tuple(args.allow_config_change),
         stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,
     )
-    import horovod.tensorflow as hvd
+    if history.run.ranks == 1 or _rank() == 0:  # one summary for the job, not one per rank
+        print(history.run.line(history), flush=True)
+    return 0
 
-    if hvd.rank() == 0:  # one summary for the job, not one per rank
-        final = {key: values[-1] for key, values in history.history.items()}
-        print(f"summary: ranks={hvd.size()} epochs={len(history.epoch)} "
-              + " ".join(f"{key}={value:.4g}" for key, value in sorted(final.items())), flush=True)
+
+def _rank() -> int:
+    from .runtime import world
+
+    return world()[0]
+
+
+def _load_compiled(path: str):
+    """A compiled model from a .keras file, or a one-line ValueError saying what is wrong."""
+    import zipfile
+
+    import keras
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--model must be 'video', 'r2plus1d_18' or a .keras model file. Received: {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"--model {path}: not a .keras model file (Keras 3 saves models as .keras zip archives)")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as exc:  # Keras raises many kinds for a bad file; the user needs one line
+        raise ValueError(f"--model {path}: cannot be loaded by keras.models.load_model: {exc}") from exc
+    if not isinstance(model, keras.Model) or model.optimizer is None or not getattr(model, "compiled", False):
+        raise ValueError(f"--model {path}: the model is not compiled; save it after model.compile(optimizer=..., "
+                         "loss=...)")
+    return model
+
+
+def _inspect_checkpoint(args) -> int:
+    from .checkpoints import describe
+
+    print(describe(args.checkpoint), flush=True)
     return 0
 
 
@@ -319,7 +406,8 @@ def _fail(command: str, exc: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect, "train": _train,
-               "bench": _bench, "doctor": _doctor}[args.command]
+               "bench": _bench, "doctor": _doctor,
+               "inspect-checkpoint": _inspect_checkpoint}[args.command]
     if args.command in ("train", "bench", "doctor"):  # the commands that load TensorFlow: load it quietly, first
         from .quiet import import_tensorflow
 
