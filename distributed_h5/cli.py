@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="print a dataset's layout, or why it is invalid")
     inspect.add_argument("file")
+    inspect.add_argument("--verify", action="store_true",
+                         help="read every clip in use, not only a few, to find any corrupt chunk (takes a full read)")
 
     train = commands.add_parser("train", help="train a video classifier (run under horovodrun, mpirun or srun)")
     train.add_argument("file")
@@ -222,12 +224,18 @@ def _convert(args) -> int:
 def _inspect(args) -> int:
     import numpy as np
 
-    from .dataset import open_file, read_labels, validate
+    from .dataset import open_file, probe_indices, read_clips, read_labels, validate
 
     with open_file(args.file) as file:
         info = validate(file)
         counts = np.bincount(read_labels(file, info.sample_count), minlength=info.classes)
         names = file.attrs.get("class_names")
+        # Read clips, so corrupt or truncated chunks and undecodable filters show here, not mid-training.
+        checked = probe_indices(info.sample_count)
+        read_clips(file, checked)
+        if args.verify:
+            for start in range(0, info.sample_count, 64):  # bounded memory: 64 clips at a time
+                read_clips(file, np.arange(start, min(start + 64, info.sample_count)))
     frames, channels, rows, cols = info.clip_shape
     print(f"file          {info.path}")
     print(f"size on disk  {info.file_bytes / 2**20:.1f} MiB")
@@ -237,6 +245,8 @@ def _inspect(args) -> int:
     print(f"chunks        {info.chunks if info.chunks else 'contiguous'}")
     print(f"compression   {info.compression or 'none'}")
     print(f"sample_count  {info.sample_count}")
+    print(f"clips read    {f'all {info.sample_count}' if args.verify else f'{checked.size} (first, last, spread)'}, "
+          "no error")
     print("class counts  " + ", ".join(
         f"{names[k] if names is not None else k}: {count}" for k, count in enumerate(counts.tolist())))
     return 0

@@ -125,3 +125,85 @@ def test_no_tensorflow_noise_unless_asked_for(tmp_path):
     assert loud.returncode == 0, loud.stderr
     assert "All log messages before absl::InitializeLog() is called" in loud.stderr
     assert sum(marker in loud.stderr for marker in NOISE) >= 2  # which others appear depends on the CPU
+
+
+def corrupt_chunk(tmp_path, source, row):
+    """A copy of ``source`` (gzip, one clip per chunk) whose chunk ``row`` no longer inflates."""
+    path = tmp_path / f"corrupt-{row}.h5"
+    path.write_bytes(source.read_bytes())
+    with h5py.File(path, "r", locking=False) as file:
+        info = file["X"].id.get_chunk_info_by_coord((row, 0, 0, 0, 0))
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset)
+        handle.write(b"\xff" * 16)
+    return path
+
+
+def unregistered_filter(path):
+    """X chunked through filter 32099, which no HDF5 here can decode (written raw, bypassing the filter)."""
+    with h5py.File(path, "w") as file:
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_chunk((1, 2, 1, 4, 4))
+        plist.set_filter(32099, h5py.h5z.FLAG_OPTIONAL)
+        space = h5py.h5s.create_simple((6, 2, 1, 4, 4))
+        x = h5py.h5d.create(file.id, b"X", h5py.h5t.NATIVE_UINT8, space, dcpl=plist)
+        for row in range(6):
+            x.write_direct_chunk((row, 0, 0, 0, 0), bytes(32), filter_mask=0)
+        file.create_dataset("Y", data=np.eye(2, dtype="u1")[np.arange(6) % 2])
+        file.attrs["sample_count"] = 6
+    return path
+
+
+def test_inspect_reads_clips_so_a_corrupt_chunk_is_one_line(tmp_path, files):
+    path = corrupt_chunk(tmp_path, files["gzip"], 28)  # 28 is among the clips read at open
+    result = run_cli("inspect", path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"distributed-h5 inspect: error: {path}: clip 28 of 'X' cannot be read (corrupt "
+                                    "or truncated chunk, or a filter this HDF5 cannot decode; filters: deflate): ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_inspect_verify_finds_a_corrupt_chunk_anywhere(tmp_path, files):
+    path = corrupt_chunk(tmp_path, files["gzip"], 5)  # not among the few clips read by default
+    assert run_cli("inspect", path).returncode == 0
+    result = run_cli("inspect", path, "--verify")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"distributed-h5 inspect: error: {path}: clip 5 of 'X' cannot be read")
+
+
+def test_an_unregistered_filter_is_one_line_at_open(tmp_path):
+    from distributed_h5.reader import BatchReader
+
+    path = unregistered_filter(tmp_path / "filter.h5")
+    result = run_cli("inspect", path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"distributed-h5 inspect: error: {path}: clip 0 of 'X' cannot be read (corrupt "
+                                    "or truncated chunk, or a filter this HDF5 cannot decode; filters: 32099): ")
+    assert result.stderr.count("\n") == 1
+    with pytest.raises(DatasetError, match="clip 0 of 'X' cannot be read"):  # at open, not mid-training
+        BatchReader(path)
+
+
+def test_truncated_chunked_file_is_one_line(tmp_path, files):
+    path = tmp_path / "cut.h5"
+    data = files["lzf"].read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    result = run_cli("inspect", path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"distributed-h5 inspect: error: {path}: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_scaleoffset_reads_exactly(tmp_path):
+    from distributed_h5.reader import BatchReader
+
+    data = np.arange(6 * 2 * 1 * 4 * 4, dtype="u1").reshape(6, 2, 1, 4, 4)
+    path = tmp_path / "scaleoffset.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("X", data=data, chunks=(1, 2, 1, 4, 4), scaleoffset=0)
+        file.create_dataset("Y", data=np.eye(2, dtype="u1")[np.arange(6) % 2])
+        file.attrs["sample_count"] = 6
+    assert run_cli("inspect", path).returncode == 0
+    with BatchReader(path) as reader:
+        assert reader.method == "hdf5"
+        np.testing.assert_array_equal(reader.read(np.arange(6))[0], data)
