@@ -105,12 +105,17 @@ def mpi_comm(*, environ: Mapping[str, str] | None = None):
     """``mpi4py``'s ``COMM_WORLD`` when the launcher started several tasks, else ``None``
     without importing MPI (so a single process needs neither mpi4py nor an MPI library).
 
-    Raises RuntimeError when mpi4py is missing, or when MPI sees one process where the
-    launcher started several.
+    Raises RuntimeError when mpi4py is missing, when srun started several tasks without MPI's
+    wire-up (``--mpi=none``), or when MPI sees one process where the launcher started several.
     """
     launched = launcher_world(environ)
     if launched is None or launched[1] == 1:
         return None
+    if launched[3] == "SLURM_PROCID":
+        # Plain srun (--mpi=none): MPI_Init would abort each task, or make each a job of one.
+        raise RuntimeError(
+            f"the launcher started {launched[1]} tasks (SLURM_PROCID) without MPI's wire-up (no PMIX_RANK), so every "
+            "task would act as rank 0 of 1: launch with `srun --mpi=pmix` (not pmi2 or none), mpirun or horovodrun")
     try:
         from mpi4py import MPI
     except ImportError as exc:
