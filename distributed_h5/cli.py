@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none")
     convert.add_argument("--resume", action="store_true", help="keep the parts an interrupted run completed")
     convert.add_argument("--part-videos", type=_positive, default=16, help="videos per part file (the unit of resume)")
-    convert.add_argument("--strict", action="store_true", help="exit non-zero if any video fails")
+    convert.add_argument("--strict", action="store_true",
+                         help="exit non-zero if any video fails or any folder or link is not searched")
 
     checkpoint = commands.add_parser("inspect-checkpoint", help="print what a checkpoint records (position, "
                                      "run configuration, metrics)")
@@ -218,7 +219,7 @@ def _convert(args) -> int:
                       compression=args.compression, resume=args.resume, part_videos=args.part_videos)
     if summary.rank == 0:  # one report for the job
         print(report(summary, args.out), flush=True)
-    return 0 if summary.converted and not (args.strict and summary.failed) else 1
+    return 0 if summary.converted and not (args.strict and (summary.failed or summary.unlisted)) else 1
 
 
 def _inspect(args) -> int:

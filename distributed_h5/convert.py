@@ -11,7 +11,13 @@ ranks. Rank ``r`` of ``n`` converts parts ``r, r + n, ...`` into part files of i
 one file. So every good video appears exactly once, in the same order for any ``n``.
 Part files are written under temporary names and renamed when complete, and the output
 likewise: an interrupted run leaves no file that looks valid, and ``resume=True`` keeps
-the completed parts. Memory stays at one decoded clip per rank.
+the completed parts. Memory stays at one decoded clip per rank: only the sampled frames
+are scaled and kept, whatever the video's length.
+
+Listing never follows directory symlinks (``all -> .`` would duplicate every video) and
+never skips a folder it cannot read in silence: both are reported with the failed videos,
+and ``--strict`` fails on them. Imports h5py, numpy, tqdm, PyAV and, under an MPI
+launcher, mpi4py; no TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -36,6 +44,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4
 PART_VIDEOS = 16  # videos per part file: the unit of work and of resume
 FITS = ("crop", "pad")
 SHORT_POLICIES = ("pad", "skip")
+PROGRESS_SECONDS = 0.2  # how often ranks that are done check whether the others are
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class Clip:
 class Summary:
     converted: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unlisted: list[tuple[str, str]] = field(default_factory=list)  # (folder or link, reason): not searched for videos
     rank: int = 0  # of the process holding this summary: rank 0 reports
 
 
@@ -63,20 +73,57 @@ class VideoError(Exception):
 
 
 # --- listing -------------------------------------------------------------------------------
-def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> tuple[list[Video], list[str], Path]:
-    """The videos in a deterministic order, the class names, and the folder paths are relative to."""
+class Listing(NamedTuple):
+    videos: list[Video]  # in a deterministic order: by class, then path
+    class_names: list[str]
+    root: Path  # the folder video paths are relative to
+    problems: list[tuple[str, str]]  # (path, reason): folders that could not be read, links not followed
+
+
+def _scan(folder: Path, source: Path, problems: list[tuple[str, str]]) -> list[Path]:
+    """The video files under ``folder``, sorted by path; unreadable folders and directory links go to ``problems``.
+
+    Directory symlinks are never followed: one pointing back into the tree (``all -> .``)
+    would duplicate videos, one pointing out of it would pull in videos from elsewhere.
+    """
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as exc:
+        problems.append((str(folder.relative_to(source)), f"folder cannot be read ({exc.strerror}); its videos "
+                                                          "are not converted"))
+        return []
+    found = []
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_symlink() and entry.is_dir():
+            problems.append((str(path.relative_to(source)), f"a directory symlink (to {os.readlink(path)}); "
+                                                            "not followed"))
+        elif entry.is_dir(follow_symlinks=False):
+            found += _scan(path, source, problems)
+        elif path.suffix.lower() in VIDEO_SUFFIXES and entry.is_file():
+            found.append(path)
+    return found
+
+
+def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> Listing:
+    """The videos, the class names, the folder video paths are relative to, and what could not be listed."""
     source = Path(source)
+    problems: list[tuple[str, str]] = []
     if classes_from == "folders":
         if not source.is_dir():
             raise ValueError(f"SRC must be a folder of class folders with classes_from='folders'. Received: {source}")
-        names = sorted(entry.name for entry in source.iterdir() if entry.is_dir())
+        names = []
+        for entry in sorted(os.scandir(source), key=lambda entry: entry.name):
+            if entry.is_symlink() and entry.is_dir():  # not a class: see _scan
+                problems.append((entry.name, f"a directory symlink (to {os.readlink(entry.path)}); not followed"))
+            elif entry.is_dir(follow_symlinks=False):
+                names.append(entry.name)
         if not names:
             raise ValueError(f"{source} has no class folders; expected SRC/<class>/<video>")
         videos = [Video(str(path.relative_to(source)), label)
                   for label, name in enumerate(names)
-                  for path in sorted((source / name).rglob("*"))
-                  if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES]
-        return videos, names, source
+                  for path in _scan(source / name, source, problems)]
+        return Listing(videos, names, source, problems)
     table = Path(classes_from)
     if not table.is_file():
         raise ValueError(f"classes_from must be 'folders' or a CSV file of path,label. Received: {classes_from!r}")
@@ -89,7 +136,8 @@ def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> tup
         raise ValueError(f"{table}: line {bad[0] + 1} is {rows[bad[0]]}, expected path,label")
     names = sorted({label for _, label in rows})
     index = {name: i for i, name in enumerate(names)}
-    return [Video(path, index[label]) for path, label in rows], names, source if source.is_dir() else table.parent
+    return Listing([Video(path, index[label]) for path, label in rows], names,
+                   source if source.is_dir() else table.parent, problems)
 
 
 # --- decoding ------------------------------------------------------------------------------
@@ -116,41 +164,70 @@ def _fit(image: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
     return out
 
 
-def decode(path: str | os.PathLike, *, frames: int, size: tuple[int, int], channels: int = 3, fit: str = "crop",
-           short: str = "pad") -> Clip:
-    """``frames`` frames sampled uniformly over the video at ``path``, fitted to ``size``.
+def sample_positions(frame_count: int, frames: int) -> np.ndarray:
+    """The positions of the decoded frames that make a clip of ``frames``: uniform over the
+    video, and for a video shorter than ``frames``, every frame then its last one repeated."""
+    if frame_count >= frames:
+        return np.linspace(0, frame_count - 1, frames).round().astype(int)
+    return np.minimum(np.arange(frames), frame_count - 1)
 
-    Raises :class:`VideoError` for a video that cannot be decoded, has no frames, or (with
-    ``short="skip"``) has fewer than ``frames``.
+
+def _decode_pass(path, *, frames: int, size: tuple[int, int], channels: int, fit: str,
+                 frame_count: int | None = None) -> tuple[int, int, float, dict[int, np.ndarray]]:
+    """Decode every frame once, but scale and keep only those a clip needs.
+
+    The positions come from ``frame_count``, or else the container's own count (0 when it
+    has none). Returns (frames decoded, the count the positions assumed, frame rate,
+    {position: fitted image}); the caller decodes again if the two counts differ.
     """
     import av
 
     pixel_format = "rgb24" if channels == 3 else "gray"
-    kept = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoError("no video stream")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0)
-            for frame in container.decode(stream):
-                # Scale with FFmpeg (swscale) right away, so only small frames are kept.
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        assumed = stream.frames if frame_count is None else frame_count
+        wanted = set(sample_positions(assumed, frames).tolist()) if assumed > 0 else set()
+        kept, count = {}, 0
+        for frame in container.decode(stream):
+            if count in wanted:  # scale with FFmpeg (swscale) only the frames the clip uses
                 height, width = _scaled_size(frame.height, frame.width, size, fit)
                 image = frame.reformat(width=width, height=height, format=pixel_format).to_ndarray()
-                kept.append(_fit(image.reshape(height, width, channels), size, fit))
+                kept[count] = _fit(image.reshape(height, width, channels), size, fit)
+            count += 1
+    return count, assumed, rate, kept
+
+
+def decode(path: str | os.PathLike, *, frames: int, size: tuple[int, int], channels: int = 3, fit: str = "crop",
+           short: str = "pad") -> Clip:
+    """``frames`` frames sampled uniformly over the video at ``path`` (:func:`sample_positions`), fitted to ``size``.
+
+    Memory stays at one clip whatever the video's length: only the sampled frames are
+    scaled and kept. Their positions come from the container's frame count; when it has
+    none or it is wrong, the video is decoded a second time with the count the first pass found.
+
+    Raises :class:`VideoError` for a video that cannot be decoded, has no frames, or (with
+    ``short="skip"``) has fewer than ``frames``.
+    """
+    options = dict(frames=frames, size=size, channels=channels, fit=fit)
+    try:
+        count, assumed, rate, kept = _decode_pass(path, **options)
+        if count and count != assumed:
+            again, _, rate, kept = _decode_pass(path, frame_count=count, **options)
+            if again != count:
+                raise VideoError(f"decodes to {count} frames, then to {again}")
     except VideoError:
         raise
     except Exception as exc:  # PyAV raises many types (InvalidDataError, OSError, ...) for broken files
         raise VideoError(f"cannot be decoded: {type(exc).__name__}: {exc}") from exc
-    if not kept:
+    if count == 0:
         raise VideoError("no frames")
-    if len(kept) < frames and short == "skip":
-        raise VideoError(f"{len(kept)} frames, fewer than {frames}")
-    # Uniform over the video; a short one repeats its last frame.
-    picks = np.linspace(0, len(kept) - 1, frames).round().astype(int) if len(kept) >= frames else \
-        np.minimum(np.arange(frames), len(kept) - 1)
-    clip = np.stack([kept[i] for i in picks]).transpose(0, 3, 1, 2)  # (frames, channels, rows, cols)
-    return Clip(np.ascontiguousarray(clip), len(kept), rate)
+    if count < frames and short == "skip":
+        raise VideoError(f"{count} frames, fewer than {frames}")
+    clip = np.stack([kept[i] for i in sample_positions(count, frames)]).transpose(0, 3, 1, 2)  # (F, C, rows, cols)
+    return Clip(np.ascontiguousarray(clip), count, rate)
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -246,8 +323,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
             part_videos: int = PART_VIDEOS, progress: bool = True) -> Summary:
     """Convert the videos under ``source`` into ``out``; run in every process of an MPI job, or alone.
 
-    Returns the summary (on rank 0; other ranks get theirs): how many videos were converted
-    and which failed, with the reason. Failed videos never stop the run.
+    Returns the summary (on rank 0; other ranks get theirs): how many videos were converted,
+    which failed and which folders or links were not searched, with the reason. Failed
+    videos never stop the run. ValueError before any work if ``out`` cannot be written.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
@@ -261,7 +339,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         raise ValueError(f"frames, size and part_videos must be >= 1. Received: {frames}, {size}, {part_videos}")
     out = check_output(out)  # on every rank, so each reports the same line before any work
     rank, size_, comm = _world()
-    videos, class_names, root = list_videos(source, classes_from)
+    videos, class_names, root, unlisted = list_videos(source, classes_from)
     if not videos:
         raise ValueError(f"no video files found under {source}")
     options = dict(frames=frames, size=tuple(size), channels=channels, fit=fit, short=short, chunks=chunks,
@@ -272,39 +350,56 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
     parts_dir = out.with_name(out.name + f".parts-{fingerprint}")
     part_count = -(-len(videos) // part_videos)
     parts = [parts_dir / f"part-{p:06d}.h5" for p in range(part_count)]
-    if rank == 0:
-        if not resume and parts_dir.exists():
-            shutil.rmtree(parts_dir)
-        parts_dir.mkdir(parents=True, exist_ok=True)
-    if comm is not None:
-        comm.Barrier()
+    counters = [parts_dir / f".progress-{r}" for r in range(size_)]
 
     def videos_done() -> int:  # in parts on disk, whichever rank wrote them
         return sum(min(part_videos, len(videos) - p * part_videos) for p in range(part_count) if parts[p].exists())
 
-    # Rank 0's bar shows every rank's work: finished parts on disk, plus its own current part.
+    resumed = 0
+    if rank == 0:
+        if not resume and parts_dir.exists():
+            shutil.rmtree(parts_dir)
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        for counter in counters:  # left by an interrupted run
+            counter.unlink(missing_ok=True)
+        resumed = videos_done()  # no rank writes a part before the barrier below
+    if comm is not None:
+        comm.Barrier()
+
+    # Rank 0's bar counts every rank's videos: each rank writes how many it has done to its
+    # counter file after every video, and rank 0 adds them up.
     bar = tqdm(total=len(videos), unit="video", desc=f"converting on {size_} rank(s)",
-               disable=not progress or rank != 0, initial=videos_done() if rank == 0 else 0)
-    current = 0
+               disable=not progress or rank != 0, initial=resumed)
+    done_here = 0
+
+    def show_progress() -> None:
+        bar.n = resumed + videos_counted(counters)
+        bar.refresh()
 
     def on_video() -> None:
-        nonlocal current
-        current += 1
+        nonlocal done_here
+        done_here += 1
+        _count_videos(counters[rank], done_here)
         if rank == 0:
-            bar.n = videos_done() + current
-            bar.refresh()
+            show_progress()
 
     for p in range(rank, part_count, size_):
         if parts[p].exists():  # completed before an interruption (resume)
             continue
-        current = 0
         _write_part(parts[p], list(enumerate(videos))[p * part_videos : (p + 1) * part_videos], root, options, on_video)
     if comm is not None:
-        comm.Barrier()  # every part is on disk before rank 0 joins them
+        # Every part is on disk before rank 0 joins them. A non-blocking barrier polled
+        # gently: rank 0 keeps its bar moving with the others' videos, and ranks that are
+        # done do not busy-wait on cores that ranks still decoding need.
+        request = comm.Ibarrier()
+        while not request.Test():
+            if rank == 0:
+                show_progress()
+            time.sleep(PROGRESS_SECONDS)
     if rank == 0:
         bar.n = videos_done()
     bar.close()
-    summary = Summary()
+    summary = Summary(unlisted=unlisted)
     if rank == 0:
         for part in parts:
             with h5py.File(part, "r") as file:
@@ -318,9 +413,30 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
     return summary
 
 
+def _count_videos(counter: Path, count: int) -> None:
+    """Record that this rank has converted ``count`` videos in this run (replaced whole, never half-written)."""
+    temporary = counter.with_name(counter.name + ".tmp")
+    temporary.write_text(str(count))
+    os.replace(temporary, counter)
+
+
+def videos_counted(counters: list[Path]) -> int:
+    """The videos all ranks have converted in this run, from their counter files (missing: none yet)."""
+    total = 0
+    for counter in counters:
+        try:
+            total += int(counter.read_text())
+        except (FileNotFoundError, ValueError):
+            pass
+    return total
+
+
 def report(summary: Summary, out: str) -> str:
     lines = [f"converted {summary.converted} video(s) into {out}" if summary.converted else
              f"no video could be converted; {out} was not written"]
+    if summary.unlisted:
+        lines.append(f"{len(summary.unlisted)} folder(s) or link(s) not searched for videos:")
+        lines += [f"  {path}: {reason}" for path, reason in summary.unlisted]
     if summary.failed:
         lines.append(f"{len(summary.failed)} video(s) not converted:")
         lines += [f"  {path}: {reason}" for path, reason in summary.failed]

@@ -1,5 +1,7 @@
 """distributed-h5 convert in one process, on real video files written with PyAV."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -25,7 +27,8 @@ def run_cli(*args):
 
 def test_listing_is_sorted_by_class_then_path(tree):
     root, kinds = tree
-    videos, names, _ = list_videos(root)
+    videos, names, _, problems = list_videos(root)
+    assert problems == []
     assert names == ["blue", "green", "red"]
     assert [v.path for v in videos] == sorted(kinds, key=lambda p: (p.split("/")[0], p))
     assert [v.label for v in videos] == [names.index(v.path.split("/")[0]) for v in videos]
@@ -143,3 +146,104 @@ def test_csv_input(tree, tmp_path):
     with h5py.File(out, "r") as file:
         assert list(file.attrs["class_names"]) == ["cold", "warm"]
         assert file["Y"][:].argmax(1).tolist() == [1, 0, 0]
+
+
+PEAK_GROWTH = """
+import sys
+from distributed_h5.convert import decode
+
+def peak_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+decode(sys.argv[2], frames=8, size=(240, 320))  # load the codec and warm every allocator first
+before = peak_kib()
+clip = decode(sys.argv[1], frames=8, size=(240, 320))
+print(clip.frame_count, peak_kib() - before)
+"""
+
+
+def test_decode_keeps_one_clip_in_memory_whatever_the_length(tmp_path):
+    from ..videos import write_video
+
+    long = write_video(tmp_path / "long.mp4", COLOURS["blue"], 600, height=240, width=320)
+    short = write_video(tmp_path / "short.mp4", COLOURS["blue"], 8, height=240, width=320)
+    result = subprocess.run([sys.executable, "-c", PEAK_GROWTH, long, short], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    frame_count, growth_kib = map(int, result.stdout.split())
+    assert frame_count == 600
+    # A clip is 8 x 230 KiB; keeping every decoded frame, as before, grew the peak by 600 x 230 KiB = 135 MiB.
+    assert growth_kib < 24 * 1024, growth_kib
+
+
+@pytest.mark.parametrize("name, container_count", [("red/red_0.mp4", 30), ("red/red_gray.mkv", 0)])
+def test_decode_without_a_container_frame_count_decodes_twice_and_samples_the_same(tree, name, container_count):
+    import av
+
+    from distributed_h5.convert import sample_positions
+
+    root, _ = tree
+    with av.open(str(root / name)) as container:
+        assert container.streams.video[0].frames == container_count
+        every = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    clip = decode(root / name, frames=5, size=(48, 64))  # the videos' own size: no scaling
+    assert clip.frame_count == len(every) == 30
+    assert sample_positions(30, 5).tolist() == [0, 7, 14, 22, 29]
+    np.testing.assert_array_equal(clip.frames, np.stack([every[i] for i in [0, 7, 14, 22, 29]]).transpose(0, 3, 1, 2))
+
+
+def test_directory_symlinks_are_reported_not_followed(tree, tmp_path):
+    root, kinds = tree
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in ("blue", "green", "red"):
+        (linked / name).symlink_to(root / name)  # class folders that are themselves links: not followed either
+    source = tmp_path / "source"
+    shutil.copytree(root, source)
+    (source / "all").symlink_to(".")  # back into the tree: would duplicate every video as a class
+    (source / "red" / "more").symlink_to("../blue")  # a nested link to another class
+    (source / "green" / "outside").symlink_to(tmp_path / "linked")  # out of the tree
+    out = tmp_path / "links.h5"
+    result = run_cli("convert", source, out, "--frames", 4, "--size", 12, 16, "--strict")
+    assert result.returncode == 1  # --strict: something was not searched
+    assert ("3 folder(s) or link(s) not searched for videos:\n"
+            "  all: a directory symlink (to .); not followed\n"
+            f"  green/outside: a directory symlink (to {tmp_path}/linked); not followed\n"
+            "  red/more: a directory symlink (to ../blue); not followed\n") in result.stdout
+    assert "converted 14 video(s)" in result.stdout  # each video once, as without the links
+    with h5py.File(out, "r") as file:
+        assert list(file.attrs["class_names"]) == ["blue", "green", "red"]
+    assert run_cli("convert", source, tmp_path / "lenient.h5", "--frames", 4, "--size", 12, 16).returncode == 0
+
+
+def test_unreadable_class_folder_is_reported_and_fails_strict(tree, tmp_path):
+    root, _ = tree
+    source = tmp_path / "source"
+    shutil.copytree(root, source)
+    (source / "green").chmod(0)
+    # Root reads any folder; in a user namespace of its own it keeps its files but loses that power.
+    prefix = ["unshare", "--user"] if os.geteuid() == 0 else []
+    try:
+        command = [*prefix, sys.executable, "-m", "distributed_h5.cli", "convert", source, tmp_path / "out.h5",
+                   "--frames", 4, "--size", 12, 16]
+        lenient = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300)
+        strict = subprocess.run(list(map(str, command + ["--strict"])), capture_output=True, text=True, timeout=300)
+    finally:
+        (source / "green").chmod(0o755)
+    for result in (lenient, strict):
+        assert "1 folder(s) or link(s) not searched for videos:\n" \
+               "  green: folder cannot be read (Permission denied); its videos are not converted\n" in result.stdout
+        assert "converted 9 video(s)" in result.stdout  # blue and red; green's 5 are missing, and said so
+    assert (lenient.returncode, strict.returncode) == (0, 1)
+
+
+def test_rank_zero_counts_every_ranks_videos(tmp_path):
+    from distributed_h5.convert import _count_videos, videos_counted
+
+    counters = [tmp_path / f".progress-{rank}" for rank in range(3)]
+    assert videos_counted(counters) == 0
+    _count_videos(counters[1], 4)
+    _count_videos(counters[2], 7)
+    _count_videos(counters[1], 5)
+    assert videos_counted(counters) == 12  # rank 0 has written nothing yet
