@@ -231,6 +231,7 @@ def _inspect(args) -> int:
         info = validate(file)
         counts = np.bincount(read_labels(file, info.sample_count), minlength=info.classes)
         names = file.attrs.get("class_names")
+        provenance = _provenance(file, info.rows)
         # Read clips, so corrupt or truncated chunks and undecodable filters show here, not mid-training.
         checked = probe_indices(info.sample_count)
         read_clips(file, checked)
@@ -250,7 +251,36 @@ def _inspect(args) -> int:
           "no error")
     print("class counts  " + ", ".join(
         f"{names[k] if names is not None else k}: {count}" for k, count in enumerate(counts.tolist())))
+    for line in provenance:
+        print(line)
     return 0
+
+
+def _provenance(file, rows: int) -> list[str]:
+    """Lines for the optional objects ``convert`` writes (see the README's layout table), if present."""
+    import numpy as np
+
+    def text(value) -> str:
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+    lines = []
+    names = file.attrs.get("class_names")
+    if names is not None:
+        shown = [text(name) for name in np.asarray(names).reshape(-1)]
+        lines.append(f"class_names   attribute, {len(shown)}: {', '.join(shown)}")
+    if "source_paths" in file:
+        paths = file["source_paths"]
+        first, last = (text(paths[0]), text(paths[-1])) if len(paths) else ("", "")
+        lines.append(f"source_paths  dataset {paths.shape} strings, {first} ... {last}")
+    for name in ("frame_counts", "frame_rates"):
+        if name in file:
+            values = file[name][:rows]
+            summary = (f", min {values.min():g}, median {np.median(values):g}, max {values.max():g}"
+                       if values.size else "")
+            lines.append(f"{name:<13} dataset {file[name].shape} {file[name].dtype}{summary}")
+    if "generator" in file.attrs:
+        lines.append(f"generator     attribute, {text(file.attrs['generator'])}")
+    return lines
 
 
 LAUNCHER_RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "PMI_RANK")

@@ -89,6 +89,13 @@ def test_convert_one_process(tree, tmp_path):
             assert np.abs(clip.mean(axis=(0, 2, 3)) - (colour * 7 / 8 + 255 / 8)).max() < 10, path
     inspect = run_cli("inspect", out)
     assert inspect.returncode == 0 and "class counts  blue: 4, green: 5, red: 5" in inspect.stdout
+    assert inspect.stdout.splitlines()[-5:] == [  # what convert records beyond X and Y
+        "class_names   attribute, 3: blue, green, red",
+        "source_paths  dataset (14,) strings, blue/blue_0.mp4 ... red/red_gray.mkv",
+        "frame_counts  dataset (14,) int64, min 10, median 30, max 30",
+        "frame_rates   dataset (14,) float64, min 24, median 24, max 24",
+        "generator     attribute, distributed_h5.convert",
+    ]
     assert not list(tmp_path.glob("videos.h5.parts-*"))  # parts removed after the join
 
 
