@@ -31,3 +31,15 @@ def files(tmp_path_factory):
                              size=(16, 16), classes=5, seed=7, progress=False, **kwargs)
         for name, kwargs in LAYOUTS.items()
     }
+
+
+TIER_MARKERS = {"parallel": "parallel", "slurm": "slurm"}  # tests/<folder>/ -> marker declared in pyproject.toml
+
+
+def pytest_collection_modifyitems(config, items):
+    # Mark each test by the tier folder it lives in, so `-m 'not slurm'` or `-m parallel` select tiers.
+    tests_root = os.path.dirname(__file__)
+    for item in items:
+        folder = os.path.relpath(str(item.path), tests_root).split(os.sep)[0]
+        if folder in TIER_MARKERS:
+            item.add_marker(getattr(pytest.mark, TIER_MARKERS[folder]))
