@@ -338,6 +338,10 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
     if frames < 1 or min(size) < 1 or part_videos < 1:
         raise ValueError(f"frames, size and part_videos must be >= 1. Received: {frames}, {size}, {part_videos}")
     out = check_output(out)  # on every rank, so each reports the same line before any work
+    try:
+        import av  # noqa: F401  (decode needs it; without this check every video would fail alike)
+    except ImportError as exc:
+        raise RuntimeError(f"convert needs PyAV: pip install av (or `make install`): {exc}") from exc
     rank, size_, comm = _world()
     videos, class_names, root, unlisted = list_videos(source, classes_from)
     if not videos:

@@ -254,3 +254,14 @@ def test_rank_zero_counts_every_ranks_videos(tmp_path):
     _count_videos(counters[2], 7)
     _count_videos(counters[1], 5)
     assert videos_counted(counters) == 12  # rank 0 has written nothing yet
+
+
+def test_without_pyav_convert_says_so_once(tree, tmp_path):
+    root, _ = tree
+    program = ("import sys; sys.modules['av'] = None  # as if PyAV were not installed\n"
+               "from distributed_h5.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", program, "convert", str(root), str(tmp_path / "out.h5"),
+                             "--frames", "4", "--size", "12", "16"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("distributed-h5 convert: convert needs PyAV: pip install av (or `make install`): ")
+    assert result.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
