@@ -62,6 +62,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _checks(text: str) -> list[str]:
+    from .doctor import CHECKS  # imports nothing heavy at module level
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"takes names from {','.join(CHECKS)}, got {','.join(unknown)}")
+    return names
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (and a pointer to --help), exit status 2."""
 
@@ -81,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     doctor = commands.add_parser("doctor", help="what is installed and working, one line each")
-    doctor.add_argument("--require", default="",
+    doctor.add_argument("--require", default="", type=_checks,
                         help="comma-separated checks that must pass, else exit status 1: "
                              "tensorflow,keras,horovod,gloo,nccl,mpi,gpu,jax,locking,slurm")
     doctor.add_argument("--dir", default=".", help="where to check that HDF5 file locking works (default: here)")
@@ -410,13 +420,9 @@ def _bench(args) -> int:
 
 
 def _doctor(args) -> int:
-    from .doctor import CHECKS, findings, report
+    from .doctor import findings, report
 
-    required = [name.strip() for name in args.require.split(",") if name.strip()]
-    unknown = [name for name in required if name not in CHECKS]
-    if unknown:
-        raise ValueError(f"--require takes names from {','.join(CHECKS)}. Received: {','.join(unknown)}")
-    text, status = report(findings(args.dir), required)
+    text, status = report(findings(args.dir), args.require)
     print(text, flush=True)
     return status
 
