@@ -208,6 +208,22 @@ def _parser() -> argparse.ArgumentParser:
                        help="shared file system, aggregate GB/s (default 20)")
     model.add_argument("--local-gbps", type=float, default=2.0, help="node-local storage per node, GB/s (default 2)")
     model.add_argument("--ranks-per-node", type=_positive, default=8)
+    au = benches.add_parser("au", help="accelerator utilisation (MLPerf Storage's AU) of each loader at several rank counts")
+    au.add_argument("files", nargs="*", metavar="FILE", help="HDF5 files (none with --from-csv)")
+    au.add_argument("--ranks", default="1,2,4,8", help="comma-separated rank counts, one emulated accelerator each")
+    au.add_argument("--compute-ms", type=float, default=30.0, help="emulated accelerator step time, ms (default 30)")
+    au.add_argument("--batch-size", type=_positive, default=16, help="clips per rank per step (default 16)")
+    au.add_argument("--cold", action="store_true", help="drop the file from the page cache before every run")
+    au.add_argument("--gradient-mb", type=float, default=0.0, help="MB allreduced per step with Horovod Gloo (default 0)")
+    au.add_argument("--seconds", type=float, default=5.0, help="timed seconds per run, at most one epoch (default 5)")
+    au.add_argument("--loaders", default="distributed_h5,torch-dataloader,tfdata,seed",
+                    help="comma-separated loaders (default: all four)")
+    au.add_argument("--threads", type=_positive, help="distributed_h5 reader threads (default: train_model's)")
+    au.add_argument("--feeder-workers", type=_positive, default=1, help="distributed_h5 Feeder threads (default 1)")
+    au.add_argument("--torch-workers", type=int, default=2, help="torch-dataloader num_workers (default 2)")
+    au.add_argument("--csv", help="write one row per loader and rank count here")
+    au.add_argument("--plot", help="write a PNG of AU against rank count here")
+    au.add_argument("--from-csv", nargs="+", help="print, and plot, the rows of earlier --csv files instead of measuring")
     return parser
 
 
@@ -381,14 +397,65 @@ def _inspect_checkpoint(args) -> int:
     return 0
 
 
+def _rank_counts(text: str) -> list[int]:
+    """``--ranks``: a comma-separated list of integers >= 1."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--ranks must be comma-separated integers >= 1, e.g. 1,2,4,8. Received: {text!r}")
+    return counts
+
+
+def _bench_au(args) -> int:
+    from .bench import au
+
+    if args.from_csv:
+        rows = [row for path in args.from_csv for row in au.read_csv(path)]
+    else:
+        if not args.files:
+            raise ValueError("bench au needs at least one FILE (or --from-csv)")
+        ranks = _rank_counts(args.ranks)
+        loaders = [name.strip() for name in args.loaders.split(",") if name.strip()]
+        au.check_loaders(loaders)
+        for name, value in (("--compute-ms", args.compute_ms), ("--seconds", args.seconds)):
+            if not value > 0:
+                raise ValueError(f"{name} must be a number > 0. Received: {value}")
+        if not args.gradient_mb >= 0 or args.torch_workers < 0:
+            raise ValueError(f"--gradient-mb and --torch-workers must be >= 0. Received: {args.gradient_mb}, "
+                             f"{args.torch_workers}")
+        from .dataset import describe
+
+        for path in args.files:
+            describe(path)  # a bad file is one line here, not a traceback in every rank
+        print(au.HEADER, flush=True)
+        rows = au.bench_au(args.files, ranks, loaders=loaders, compute_ms=args.compute_ms, batch_size=args.batch_size,
+                           cold=args.cold, gradient_mb=args.gradient_mb, seconds=args.seconds, threads=args.threads,
+                           feeder_workers=args.feeder_workers, torch_workers=args.torch_workers,
+                           log=lambda text: print(text, flush=True))
+    if args.from_csv:
+        print(au.table(rows))
+    print(au.verdict(rows), flush=True)
+    if args.csv:
+        au.write_csv(rows, args.csv)
+    if args.plot:
+        au.plot(rows, args.plot)
+    return 0
+
+
 def _bench(args) -> int:
+    if args.bench == "au":
+        return _bench_au(args)
     if args.bench == "scaling":
         from .bench import scaling
 
         if args.from_csv:  # project from an earlier measurement instead of measuring again
+            if not os.path.isfile(args.from_csv):
+                raise ValueError(f"--from-csv: no such file: {args.from_csv}")
             rows = scaling.read_csv(args.from_csv)
         else:
-            ranks = [int(part) for part in args.ranks.split(",") if part]
+            ranks = _rank_counts(args.ranks)
             rows = scaling.bench_scaling(args.file, ranks, batch_size=args.batch_size, global_batch=args.global_batch,
                                          steps=args.steps, warmup=args.warmup, width=args.width, depth=args.depth,
                                          launcher=args.launcher, controller=args.controller)

@@ -1,0 +1,141 @@
+"""``bench au``: AU arithmetic from known sleeps and reads, and a short 2-rank run of real processes."""
+
+import csv
+
+import pytest
+
+from distributed_h5 import cli
+from distributed_h5.bench import au
+
+
+class FakeTime:
+    """A clock that moves only when the code under test sleeps or reads."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def reads(fake, seconds):
+    """A loader whose batch ``i`` takes ``seconds[i]`` to arrive."""
+    for i, took in enumerate(seconds):
+        fake.now += took
+        yield i
+
+
+def test_au_leaves_out_the_first_read_and_counts_every_later_wait():
+    fake = FakeTime()
+    times = au.run_steps(reads(fake, [4.0, 0.0, 0.25, 0.5]), compute_seconds=0.25, max_steps=4, seconds=100.0,
+                         clock=fake.clock, sleep=fake.sleep)
+    assert times.waits == (4.0, 0.0, 0.25, 0.5)
+    assert times.computes == (0.25, 0.25, 0.25, 0.25)
+    assert times.elapsed == 1.75  # 4 x 0.25 compute + 0.75 of waits; the first 4 s read is left out
+    assert au.accelerator_utilisation(times) == 1.0 / 1.75
+
+
+def test_a_loader_that_keeps_up_gives_au_one():
+    fake = FakeTime()
+    times = au.run_steps(reads(fake, [2.0] + [0.0] * 9), compute_seconds=0.03, max_steps=10, seconds=100.0,
+                         clock=fake.clock, sleep=fake.sleep)
+    assert au.accelerator_utilisation(times) == 1.0
+
+
+def test_a_run_stops_after_the_step_in_which_its_seconds_pass_and_runs_at_least_two_steps():
+    fake = FakeTime()
+    times = au.run_steps(reads(fake, [0.0] * 100), compute_seconds=0.25, max_steps=100, seconds=1.0,
+                         clock=fake.clock, sleep=fake.sleep)
+    assert times.steps == 4 and times.elapsed == 1.0
+    fake = FakeTime()
+    times = au.run_steps(reads(fake, [0.0] * 100), compute_seconds=0.25, max_steps=100, seconds=0.0,
+                         clock=fake.clock, sleep=fake.sleep)
+    assert times.steps == 2
+
+
+def test_the_allreduce_decides_when_all_ranks_stop_and_its_time_is_not_compute():
+    fake = FakeTime()
+    wishes = []
+
+    def allreduce(stop):  # another rank wants to stop after the third step
+        wishes.append(stop)
+        fake.now += 0.125
+        return len(wishes) == 3
+
+    times = au.run_steps(reads(fake, [1.0, 0.0, 0.0, 0.0]), compute_seconds=0.25, max_steps=4, seconds=100.0,
+                         allreduce=allreduce, clock=fake.clock, sleep=fake.sleep)
+    assert wishes == [False, False, False]
+    assert times.allreduces == (0.125, 0.125, 0.125)
+    assert au.accelerator_utilisation(times) == 0.75 / 1.125
+
+
+def test_summarise_averages_au_over_ranks_and_adds_up_throughput():
+    fast = au.RankTimes(waits=(3.0, 0.0, 0.0, 0.0), computes=(0.25,) * 4, allreduces=(0.0,) * 4, elapsed=1.0)
+    slow = au.RankTimes(waits=(3.0, 0.5, 0.5, 0.5), computes=(0.25,) * 4, allreduces=(0.0,) * 4, elapsed=2.5)
+    row = au.summarise([fast, slow], file="f.h5", loader="seed", cache="warm", batch_size=8, compute_ms=250.0,
+                       clip_bytes=1_000_000, settings="as written")
+    assert row.ranks == 2 and row.steps == 4
+    assert row.au == (1.0 + 0.4) / 2 and row.au_min == 0.4
+    assert row.samples_per_second == 4 * 8 / 1.0 + 4 * 8 / 2.5  # 32 + 12.8
+    assert row.mb_per_second == row.samples_per_second
+    assert row.data_wait_ms == 1e3 * (0.0 + 0.5) / 2  # the first step's wait is left out
+    assert row.allreduce_ms == 0.0
+
+
+def _row(loader, ranks, value, cache="warm"):
+    return au.Row("f.h5", loader, cache, ranks, 16, 30.0, 0.0, 10, value, value, 1.0, 1.0, 0.0, 0.0, "")
+
+
+def test_most_ranks_kept_is_the_largest_count_at_au_0_90():
+    rows = [_row("a", 1, 0.99), _row("a", 2, 0.95), _row("a", 4, 0.89), _row("b", 1, 0.5),
+            _row("a", 1, 0.5, cache="cold")]
+    assert au.most_ranks_kept(rows) == {("f.h5", "a", "warm"): 2, ("f.h5", "b", "warm"): 0,
+                                        ("f.h5", "a", "cold"): 0}
+    assert "warm a                  keeps AU >= 0.90 up to 2 of [1, 2, 4]" in au.verdict(rows)
+
+
+def test_csv_round_trip(tmp_path):
+    rows = [_row("distributed_h5", 2, 0.975), _row("seed", 2, 0.125, cache="cold")]
+    au.write_csv(rows, tmp_path / "au.csv")
+    assert au.read_csv(str(tmp_path / "au.csv")) == rows
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ranks", "0", "FILE"], "--ranks must be comma-separated integers >= 1"),
+    (["--ranks", "1,two", "FILE"], "--ranks must be comma-separated integers >= 1"),
+    (["--loaders", "distributed_h5,dali", "FILE"], "--loaders must be a comma-separated list of"),
+    (["--compute-ms", "0", "FILE"], "--compute-ms must be a number > 0"),
+    (["--from-csv", "missing.csv"], "--from-csv: no such file: missing.csv"),
+    ([], "bench au needs at least one FILE"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(files, capsys, argv, message):
+    argv = [str(files["clip-chunks"]) if arg == "FILE" else arg for arg in argv]
+    assert cli.main(["bench", "au", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+
+
+def test_scaling_from_a_missing_csv_is_one_line(capsys):
+    assert cli.main(["bench", "scaling", "unused.h5", "--from-csv", "missing.csv", "--project", "8"]) == 2
+    assert capsys.readouterr().err.strip() == "distributed-h5 bench: error: --from-csv: no such file: missing.csv"
+
+
+def test_a_two_rank_cold_run_writes_one_row_per_loader(files, tmp_path, capsys):
+    """Real processes: 2 ranks of the package's Feeder path and of the seed generator, page cache emptied."""
+    out = tmp_path / "au.csv"
+    status = cli.main(["bench", "au", str(files["clip-chunks"]), "--ranks", "2", "--compute-ms", "5", "--batch-size",
+                       "4", "--seconds", "0.2", "--cold", "--loaders", "distributed_h5,seed", "--csv", str(out)])
+    assert status == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(au.FIELDS)
+    assert [(r["loader"], r["ranks"], r["batch_size"], r["compute_ms"], r["cache"]) for r in rows] == [
+        ("distributed_h5", "2", "4", "5", "cold"), ("seed", "2", "4", "5", "cold")]
+    for row in rows:
+        assert 0 < float(row["au"]) <= 1 and float(row["au_min"]) <= float(row["au"])
+        assert float(row["samples_per_second"]) > 0 and int(row["steps"]) >= 2
+    printed = capsys.readouterr().out
+    assert "distributed_h5     keeps AU >= 0.90 up to" in printed
