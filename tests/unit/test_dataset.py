@@ -223,3 +223,23 @@ def test_reader_refuses_unwritten_storage_unless_allowed(tmp_path):
         BatchReader(path)
     with BatchReader(path, allow_unwritten=True) as reader:
         assert reader.read(np.array([0, 5]))[0].max() == 0  # the fill value, as asked
+
+
+def test_external_raw_storage_that_is_missing_is_refused(tmp_path):
+    from distributed_h5.reader import BatchReader
+
+    data = np.arange(6 * 2 * 1 * 4 * 4, dtype="u1").reshape(6, 2, 1, 4, 4)
+    raw = tmp_path / "clips.raw"
+    raw.write_bytes(data.tobytes())
+    path = tmp_path / "external.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("X", shape=data.shape, dtype="u1", external=[(str(raw), 0, data.nbytes)])
+        file.create_dataset("Y", data=np.eye(3, dtype="u1")[[0, 1, 2, 0, 1, 2]])
+        file.attrs["sample_count"] = 6
+    with BatchReader(path) as reader:  # present: read through h5py, exactly
+        assert reader.method == "hdf5"
+        np.testing.assert_array_equal(reader.read(np.arange(6))[0], data)
+    raw.unlink()
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == f"{path}: dataset 'X' is stored in external raw file {raw}, which is missing"
