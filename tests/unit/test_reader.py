@@ -194,3 +194,18 @@ def test_external_link_to_a_missing_dataset(tmp_path, files):
     with pytest.raises(DatasetError, match=f"'X' is an external link to '/clips' in {files['contiguous']}, which "
                                            f"cannot be opened \\({files['contiguous']} has no object '/clips'"):
         BatchReader(path)
+
+
+def test_x_and_y_both_external_links(tmp_path, files):
+    path = tmp_path / "links-only.h5"
+    with h5py.File(path, "w") as file:
+        file["X"] = h5py.ExternalLink(str(files["gzip"]), "/X")
+        file["Y"] = h5py.ExternalLink(str(files["gzip"]), "/Y")
+        file.attrs["sample_count"] = 197
+    with h5py.File(files["gzip"], "r", locking=False) as file:
+        truth_y = file["Y"][:197].astype(np.float32)
+    with BatchReader(path) as reader:
+        assert (reader.method, reader.data_path) == ("pread+inflate", str(files["gzip"]))
+        x, y = reader.read(np.arange(197))
+    assert clip_index(x).tolist() == list(range(197))
+    np.testing.assert_array_equal(y, truth_y)
