@@ -498,7 +498,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-LAUNCHER_SIZE_VARIABLES = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "PMI_SIZE")
 ERROR_GRACE_SECONDS = 2.0
 
 
@@ -506,8 +505,13 @@ def _let_other_ranks_report() -> None:
     # A launcher kills every rank once one exits non-zero. Every rank meets a user mistake
     # (a bad file, a bad argument) within moments of the others; waiting a little before
     # exiting lets each print the same line instead of some being killed mid-way.
-    sizes = [os.environ.get(name, "1") for name in LAUNCHER_SIZE_VARIABLES]
-    if any(size.isdigit() and int(size) > 1 for size in sizes):
+    from .runtime import launcher_world
+
+    try:
+        launched = launcher_world()
+    except ValueError:  # the launcher's variables are garbage: nothing to wait for
+        return
+    if launched is not None and launched[1] > 1:
         time.sleep(ERROR_GRACE_SECONDS)
 
 

@@ -20,5 +20,7 @@ def test_every_rank_reports_a_bad_file_in_one_line_and_the_job_fails(tmp_path):
     line = f"distributed-h5 train: error: {path}: attribute 'sample_count' is 9, expected an integer in [1, 4]"
     output = (result.stdout + result.stderr).splitlines()
     for rank in (0, 1):  # horovodrun prefixes each rank's lines with [rank]<stream>:
-        assert [text for text in output if text.startswith(f"[{rank}]<stderr>:")] == [f"[{rank}]<stderr>:{line}"]
+        said = [text for text in output if text.startswith(f"[{rank}]<stderr>:")]
+        # A rank still waiting when the launcher ends the job is told "Terminated"; it has said its line by then.
+        assert said in ([f"[{rank}]<stderr>:{line}"], [f"[{rank}]<stderr>:{line}", f"[{rank}]<stderr>:Terminated"])
         assert [text for text in output if text.startswith(f"[{rank}]<stdout>:")] == []
