@@ -529,7 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "bench", "doctor"):  # the commands that load TensorFlow: load it quietly, first
         from .quiet import import_tensorflow
 
-        import_tensorflow()
+        try:
+            import_tensorflow()
+        except ImportError as exc:
+            if args.command != "doctor":  # doctor reports it among its checks
+                print(f"distributed-h5 {args.command}: error: TensorFlow cannot be imported ({_one_line(exc)}); "
+                      "run `make install`", file=sys.stderr)
+                return 1
     try:
         return command(args)
     except (DatasetError, ValueError) as exc:

@@ -48,7 +48,7 @@ def import_tensorflow() -> None:
 
     Call it before anything else imports TensorFlow; afterwards it does nothing.
     """
-    if wanted() or "tensorflow" in sys.modules:
+    if wanted() or sys.modules.get("tensorflow") is not None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()

@@ -214,3 +214,22 @@ def test_scaleoffset_reads_exactly(tmp_path):
     with BatchReader(path) as reader:
         assert reader.method == "hdf5"
         np.testing.assert_array_equal(reader.read(np.arange(6))[0], data)
+
+
+def test_without_tensorflow_train_is_one_line_and_doctor_says_what_is_missing(tmp_path):
+    program = ("import sys; sys.modules['tensorflow'] = None  # as if TensorFlow were not installed\n"
+               "from distributed_h5.cli import main; sys.exit(main(sys.argv[1:]))")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", program, *map(str, args)], capture_output=True, text=True,
+                              timeout=120)
+
+    train = run("train", tmp_path / "any.h5")
+    assert train.returncode == 1
+    assert train.stderr.startswith("distributed-h5 train: error: TensorFlow cannot be imported (")
+    assert train.stderr.endswith("; run `make install`\n") and train.stderr.count("\n") == 1
+    doctor = run("doctor", "--require", "tensorflow", "--dir", tmp_path)
+    assert doctor.returncode == 1
+    assert [line.split(None, 2)[:2] for line in doctor.stdout.splitlines()[1:3]] == [["tensorflow", "no"],
+                                                                                    ["keras", "no"]]
+    assert doctor.stdout.splitlines()[-1] == "missing what was required: tensorflow"
