@@ -220,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated loaders (default: all four)")
     au.add_argument("--threads", type=_positive, help="distributed_h5 reader threads (default: train_model's)")
     au.add_argument("--feeder-workers", type=_positive, default=1, help="distributed_h5 Feeder threads (default 1)")
-    au.add_argument("--torch-workers", type=int, default=2, help="torch-dataloader num_workers (default 2)")
+    au.add_argument("--torch-workers", type=int, default=1, help="torch-dataloader num_workers (default 1)")
     au.add_argument("--csv", help="write one row per loader and rank count here")
     au.add_argument("--plot", help="write a PNG of AU against rank count here")
     au.add_argument("--from-csv", nargs="+", help="print, and plot, the rows of earlier --csv files instead of measuring")

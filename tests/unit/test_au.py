@@ -139,3 +139,23 @@ def test_a_two_rank_cold_run_writes_one_row_per_loader(files, tmp_path, capsys):
         assert float(row["samples_per_second"]) > 0 and int(row["steps"]) >= 2
     printed = capsys.readouterr().out
     assert "distributed_h5     keeps AU >= 0.90 up to" in printed
+
+
+def test_the_feeder_hands_tensorflow_64_byte_aligned_batches_with_the_right_clips(files):
+    """Aligned batches are what lets TensorFlow take them without a copy (the AU fix)."""
+    from distributed_h5 import ShardedSequence
+    from distributed_h5.feeding import Feeder, aligned_empty
+    from distributed_h5.synthetic import clip_index
+
+    for dtype, shape in (("uint8", (3, 5, 7)), ("float32", (2, 3))):
+        array = aligned_empty(shape, dtype)
+        assert array.ctypes.data % 64 == 0 and array.shape == shape and array.dtype == dtype
+        assert array.flags.c_contiguous
+    seq = ShardedSequence(files["contiguous"], batch_size=8, rank=0, size=2, seed=3)
+    batches = iter(Feeder.for_sequence(seq, workers=2))
+    for expected in seq.epoch_batches(0)[:4]:
+        x, _ = next(batches)
+        assert x.ctypes.data % 64 == 0
+        assert clip_index(x).tolist() == expected.tolist()
+    batches.close()
+    seq.close()

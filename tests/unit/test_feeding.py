@@ -24,7 +24,7 @@ def test_wait_is_the_time_spent_blocked_on_a_slow_read(files, monkeypatch):
     seq = ShardedSequence(files["contiguous"], batch_size=4)
     reader = seq.reader()
     real_read = reader.read
-    monkeypatch.setattr(reader, "read", lambda batch: (time.sleep(0.05), real_read(batch))[1])
+    monkeypatch.setattr(reader, "read", lambda batch, out=None: (time.sleep(0.05), real_read(batch, out))[1])
     feeder = Feeder.for_sequence(seq, workers=1, depth=1)
     batches = iter(feeder)
     for _ in range(4):  # nothing is computed between batches: each waits for its whole read
