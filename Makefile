@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling clean
+.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au clean
 
 install:
 	bash scripts/install.sh
@@ -38,10 +38,16 @@ bench-io: install
 bench-scaling: install
 	bash scripts/bench-scaling.sh
 
+# Accelerator utilisation (MLPerf Storage's AU) of each loader at 1, 2, 4, 6 and 8 emulated accelerators,
+# warm and cold: 8000 clips of 16x3x112x112 uint8 (4.8 GB; DH5_AU_CLIPS=N for fewer). About 8 minutes.
+bench-au: install
+	bash scripts/bench-au.sh
+
 # Everything, then docs/BENCHMARKS.md from the results.
-bench: bench-io bench-scaling
+bench: bench-io bench-scaling bench-au
 	mkdir -p docs
 	cp bench-results/scaling.png docs/scaling.png
+	cp bench-results/au.png docs/au.png
 	python -m distributed_h5.bench.report bench-results docs/BENCHMARKS.md
 
 clean:

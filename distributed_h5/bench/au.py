@@ -374,7 +374,9 @@ def run_point(config: Config, ranks: int, *, timeout: float | None = None) -> tu
         logs = [open(os.path.join(scratch, f"log.{rank}"), "w+") for rank in range(ranks)]
         if config.gradient_mb > 0:
             # Gloo, not MPI: Open MPI busy-polls, which takes the cores from CPU ranks.
-            commands = [["horovodrun", "-np", str(ranks), "--gloo", *worker]]
+            from .scaling import horovodrun
+
+            commands = [[horovodrun(), "-np", str(ranks), "--gloo", *worker]]
         else:
             commands = [[*worker, "--rank", str(rank), "--size", str(ranks)] for rank in range(ranks)]
         processes = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -70,6 +70,46 @@ def scaling_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def au_tables(results: Path) -> str:
+    """AU per loader against rank count, warm and cold, then every figure of every run."""
+    from .au import AU_TARGET, most_ranks_kept, read_csv
+
+    rows = [row for name in ("au-warm.csv", "au-cold.csv") if (results / name).exists()
+            for row in read_csv(str(results / name))]
+    if not rows:
+        return "(no bench-results/au-*.csv: run `make bench-au`)"
+    ranks = sorted({r.ranks for r in rows})
+    kept = most_ranks_kept(rows)
+    lines = ["| loader | page cache | " + " | ".join(f"AU at {p}" for p in ranks) + f" | most ranks at AU ≥ {AU_TARGET:.2f} |",
+             "| --- | --- | " + " | ".join("---:" for _ in ranks) + " | ---: |"]
+    for cache in ("warm", "cold"):
+        for loader in dict.fromkeys(r.loader for r in rows if r.cache == cache):
+            by_ranks = {r.ranks: r for r in rows if r.cache == cache and r.loader == loader}
+            cells = [f"{by_ranks[p].au:.3f}" if p in by_ranks else "" for p in ranks]
+            file = next(iter(by_ranks.values())).file
+            lines.append(f"| {loader} | {cache} | " + " | ".join(cells) + f" | {kept[(file, loader, cache)]} |")
+    lines += ["", "| loader | page cache | ranks | AU | lowest rank's AU | samples/s | MB/s | data wait ms/step | steps |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r.loader} | {r.cache} | {r.ranks} | {r.au:.3f} | {r.au_min:.3f} | {r.samples_per_second:.0f} | "
+                     f"{r.mb_per_second:.0f} | {r.data_wait_ms:.2f} | {r.steps} |")
+    lines += ["", "Each loader's settings:", ""]
+    lines += [f"- `{loader}`: {settings}" for loader, settings in dict.fromkeys((r.loader, r.settings) for r in rows)]
+    return "\n".join(lines)
+
+
+def au_commands(results: Path) -> str:
+    return "\n".join((results / f"au-{cache}.command").read_text().strip() for cache in ("warm", "cold")
+                     if (results / f"au-{cache}.command").exists())
+
+
+def au_eviction(results: Path) -> str:
+    """The cold run's check that eviction worked: a raw sequential read, warm and right after."""
+    path = results / "au-cold.txt"
+    found = [line for line in path.read_text().splitlines() if "after eviction" in line] if path.exists() else []
+    return found[0] if found else "(no cold run)"
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     results, out = Path(argv[0]), Path(argv[1])
@@ -80,6 +120,9 @@ def main(argv=None) -> None:
         io_summary=io_summary(results / "io.csv"),
         scaling_table=scaling_table(results / "scaling.csv"),
         scaling_command=(results / "scaling.command").read_text().strip(),
+        au_tables=au_tables(results),
+        au_commands=au_commands(results),
+        au_eviction=au_eviction(results),
         projections="\n\n".join(f"```\n{path.read_text().rstrip()}\n```" for path in sorted(results.glob("projection*.txt"))),
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,16 @@ The driver runs the same short training at each rank count, twice: with a fixed 
 rank (weak scaling) and with a fixed global batch (strong scaling). Ranks are started with
 ``horovodrun`` on a workstation, or with ``srun --mpi=pmix`` inside a SLURM allocation.
 
-Each rank (``python -m distributed_h5.bench.scaling --worker``) runs the package's real
-pieces, the ShardedSequence, the reference model and Horovod's grouped allreduce, in an
-explicit loop so that every step splits into:
+Each rank (``python -m distributed_h5.bench.scaling --worker``) runs the real training
+path: ``model.fit`` on the :class:`~distributed_h5.feeding.Feeder`'s ``tf.data`` pipeline,
+inside :func:`~distributed_h5.replicas.distributed` (the optimizer wrapper ``train_model``
+uses, which averages gradients in the compiled step), so every step splits into:
 
-* **data wait**: time blocked on the next batch, read by one background thread ahead of
-  use (as Keras' prefetch does);
-* **compute**: forward, backward and the optimizer update;
-* **allreduce**: the grouped average of all gradients.
+* **data wait**: the time the steps blocked on their batch, counted by the Feeder itself
+  (the same count as ``train_model``'s ``data_wait_fraction``);
+* **allreduce**: the same grouped average of all gradients, timed alone after training
+  (inside the step it cannot be timed apart);
+* **compute**: the rest of the step: forward, backward and the optimizer update.
 
 Efficiency at p ranks is ``throughput(p) / (p * throughput(1))`` in both modes (for strong
 scaling that is the speed-up per rank of a fixed global batch).
@@ -23,11 +25,11 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 FIELDS = ("mode", "ranks", "batch_per_rank", "global_batch", "steps", "global_samples_per_second",
@@ -65,69 +67,47 @@ def worker(args) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
 
-    from .. import horovod as hvd_adapter
+    from .. import horovod as engine
+    from .. import replicas
+    from ..feeding import Feeder
     from ..models import video_classifier
     from ..sequence import ShardedSequence
 
-    hvd = hvd_adapter.init()
-    sequence = ShardedSequence(args.file, batch_size=args.batch_size, rank=hvd.rank(), size=hvd.size(),
+    collective = engine.init()
+    sequence = ShardedSequence(args.file, batch_size=args.batch_size, rank=collective.rank, size=collective.size,
                                validation_ratio=0.0, seed=0)
     info = sequence.info
     model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth, dropout=0.0, seed=0)
-    optimizer = keras.optimizers.SGD(0.01)
-    optimizer.build(model.trainable_variables)
-    hvd_adapter.broadcast_state(_Compiled(model, optimizer), hvd)
-    loss_fn = keras.losses.CategoricalCrossentropy()
-
-    @tf.function
-    def gradients(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        return loss, tape.gradient(loss, model.trainable_variables)
-
-    @tf.function
-    def allreduce(grads):
-        return hvd.grouped_allreduce(grads, op=hvd.Average)
-
-    @tf.function
-    def apply(grads):
-        optimizer.apply(grads, model.trainable_variables)
-
-    steps = args.warmup + args.steps
-    reader = ThreadPoolExecutor(1)  # one batch read ahead of use, like Keras' prefetch
-    future = reader.submit(sequence.__getitem__, 0)
-    wait = compute = reduce = 0.0
-    start = None
-    for step in range(steps):
-        if step == args.warmup:
-            hvd.allreduce(np.zeros(1), name="bench.start")  # all ranks start the timed part together
-            wait = compute = reduce = 0.0
-            start = time.perf_counter()
-        t0 = time.perf_counter()
-        x, y = future.result()
-        future = reader.submit(sequence.__getitem__, (step + 1) % len(sequence))
-        t1 = time.perf_counter()
-        loss, grads = gradients(x, y)
-        loss.numpy()
-        t2 = time.perf_counter()
-        grads = allreduce(grads)
-        grads[0].numpy()
-        t3 = time.perf_counter()
-        apply(grads)
-        t4 = time.perf_counter()
-        wait, compute, reduce = wait + t1 - t0, compute + (t2 - t1) + (t4 - t3), reduce + t3 - t2
-    elapsed = time.perf_counter() - start
-    reader.shutdown()
-    totals = hvd.allgather_object({"elapsed": elapsed, "wait": wait, "compute": compute, "reduce": reduce})
-    if hvd.rank() == 0:
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy")
+    feeder = Feeder.for_sequence(sequence)  # what train_model feeds Keras with, and its data wait
+    timer = _StepTimer(feeder, collective, args.warmup)
+    with replicas.distributed(model, collective):  # the optimizer wrapper train_model uses
+        replicas.broadcast_state(model, collective)
+        model.fit(feeder.dataset(), epochs=1, steps_per_epoch=args.warmup + args.steps, shuffle=False, verbose=0,
+                  callbacks=[timer.callback])
+    sequence.close()
+    # The allreduce runs inside the compiled step; time the same grouped allreduce alone.
+    grads = [tf.zeros_like(v) for v in model.trainable_variables]
+    average = tf.function(collective.average_gradients)
+    average(grads)
+    collective.barrier()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        average(grads)[0].numpy()
+    reduce = (time.perf_counter() - start) / args.steps
+    mine = np.array([timer.elapsed, timer.wait, reduce])
+    summed = collective.sum([mine])[0]
+    longest = collective.max(int(timer.elapsed * 1e6)) / 1e6
+    if collective.rank == 0:
         gradient_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.trainable_variables)
+        step = longest / args.steps
         result = {
-            "ranks": hvd.size(),
+            "ranks": collective.size,
             "steps": args.steps,
-            "elapsed": max(t["elapsed"] for t in totals),
-            "wait": sum(t["wait"] for t in totals) / len(totals) / args.steps,
-            "compute": sum(t["compute"] for t in totals) / len(totals) / args.steps,
-            "reduce": sum(t["reduce"] for t in totals) / len(totals) / args.steps,
+            "elapsed": longest,
+            "wait": summed[1] / collective.size / args.steps,
+            "reduce": summed[2] / collective.size,
+            "compute": max(0.0, step - summed[1] / collective.size / args.steps - summed[2] / collective.size),
             "gradient_bytes": gradient_bytes,
             "read_bytes": args.batch_size * info.clip_bytes,
         }
@@ -135,21 +115,39 @@ def worker(args) -> None:
             json.dump(result, handle)
 
 
-class _Compiled:
-    """What broadcast_state needs: variables and an optimizer, without compiling a model."""
+class _StepTimer:
+    """Times the steps after ``warmup``: wall time, and the Feeder's wait for data over them."""
 
-    def __init__(self, model, optimizer):
-        self.variables, self.trainable_variables, self.optimizer = model.variables, model.trainable_variables, optimizer
+    def __init__(self, feeder, collective, warmup: int):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(inner, batch, logs=None):
+                if batch == warmup - 1:
+                    collective.barrier()  # all ranks start the timed steps together
+                    self.start, self.wait_start = time.perf_counter(), feeder.wait_seconds
+
+            def on_train_end(inner, logs=None):
+                self.elapsed = time.perf_counter() - self.start
+                self.wait = feeder.wait_seconds - self.wait_start
+
+        self.callback = Callback()
+        self.start = self.wait_start = self.elapsed = self.wait = 0.0
 
 
 # --- the driver ----------------------------------------------------------------------------
+def horovodrun() -> str:
+    """horovodrun on PATH, else the one beside this Python (a virtual environment not activated)."""
+    return shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")
+
+
 def launch_command(ranks: int, launcher: str, controller: str = "gloo") -> list[str]:
     if launcher == "srun":
         # Inside an allocation (slurm/scaling.sbatch): one task per rank, PMIx for Open MPI.
         return ["srun", "--mpi=pmix", "--kill-on-bad-exit=1", f"--ntasks={ranks}", "--exact"]
     # Gloo by default: Open MPI's progress engine busy-polls, and on CPU ranks that share
     # cores it takes cycles from compute (docs/BENCHMARKS.md has the measurement).
-    return ["horovodrun", "-np", str(ranks), f"--{controller}"]
+    return [horovodrun(), "-np", str(ranks), f"--{controller}"]
 
 
 def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup: int, width: int, depth: int,
@@ -178,6 +176,8 @@ def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_ba
     """Weak- and strong-scaling rows for each rank count (1 is always measured, as the base)."""
     from .io import warm
 
+    if warmup < 1:  # the timed part starts after a warm-up step, when every rank has traced its step
+        raise ValueError(f"--warmup must be >= 1. Received: {warmup}")
     warm(file)  # otherwise the first run alone pays for a cold page cache
     ranks = sorted(set(ranks) | {1})
     global_batch = global_batch or batch_size * max(ranks)
