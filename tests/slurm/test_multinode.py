@@ -27,30 +27,53 @@ def data(tmp_path_factory):
                           classes=3, progress=False)
 
 
+def readme_two_node_example() -> str:
+    """The README's two-node example, the bash block after its marker comment."""
+    text = (ROOT / "README.md").read_text()
+    after = text.split("<!-- two-node example: tests/slurm/test_multinode.py runs this block as written -->", 1)[1]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
 @pytest.fixture(scope="module")
 def training(cluster, data, tmp_path_factory):
     """``run(nodes, stage)``: slurm/train.sbatch with 2 ranks on ``nodes`` node(s), 2 epochs of
-    batch 8 per rank; each run happens once per module. Returns (sbatch result, job, log, run dir)."""
+    batch 8 per rank; each run happens once per module. (2, "1") is the README's two-node
+    example, run as written from a folder that looks like the checkout. Returns (exit status,
+    job, log, run dir, data path)."""
     runs = {}
 
     def run(nodes: int, stage: str):
-        if (nodes, stage) not in runs:
-            cwd = tmp_path_factory.mktemp(f"train-{nodes}-nodes-stage-{stage}")
+        if (nodes, stage) in runs:
+            return runs[nodes, stage]
+        cwd = tmp_path_factory.mktemp(f"train-{nodes}-nodes-stage-{stage}")
+        if (nodes, stage) == (2, "1"):
+            for name in ("slurm", "launch", ".venv"):
+                (cwd / name).symlink_to(ROOT / name)
+            env = {**slurm_env(cluster), "PATH": f"{ROOT}/.venv/bin:{slurm_env(cluster)['PATH']}"}
+            submitted = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_two_node_example()], env=env, cwd=cwd,
+                                       capture_output=True, text=True, timeout=300)
+            assert submitted.returncode == 0, submitted.stderr
+            job = re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1)
+            state = wait_for(lambda: ended(cluster, job), 600, lambda: job_state(cluster, job), interval=2)
+            status = 0 if "JobState=COMPLETED" in state else 1
+            log, run_dir, path = cwd / f"dh5-train-{job}.out", cwd / "runs" / f"dh5-train-{job}", "data.h5"
+        else:
             env = {"DH5_ROOT": str(ROOT), "DH5_RUN_DIR": str(cwd / "run"), "DH5_STAGE": stage}
             result = sbatch(cluster, f"--nodes={nodes}", f"--ntasks-per-node={2 // nodes}", "--cpus-per-task=1",
                             "--output=job-%j.out", ROOT / "slurm" / "train.sbatch", data, "--epochs", 2,
                             "--batch-size", 8, *TRAIN, cwd=cwd, env=env)
-            job = result.stdout.strip()
-            runs[nodes, stage] = result, job, (cwd / f"job-{job}.out").read_text(), cwd / "run"
+            status, job, path = result.returncode, result.stdout.strip(), data
+            log, run_dir = cwd / f"job-{job}.out", cwd / "run"
+        runs[nodes, stage] = status, job, log.read_text(), run_dir, path
         return runs[nodes, stage]
 
     return run
 
 
 @pytest.mark.parametrize("nodes, stage", [(1, "0"), (2, "0"), (2, "1")])
-def test_train_sbatch(cluster, data, training, nodes, stage):
-    result, job, log, run_dir = training(nodes, stage)
-    assert result.returncode == 0, log[-5000:]
+def test_train_sbatch(cluster, training, nodes, stage):
+    status, job, log, run_dir, path = training(nodes, stage)
+    assert status == 0, log[-5000:]
     assert f"job {job} (start 0): 2 ranks on {nodes} node(s), 1 cpu(s) each" in log
     assert ("NodeList=node[1-2]" if nodes == 2 else "NodeList=node1") in job_state(cluster, job)
     summary = [line for line in log.splitlines() if line.startswith("summary:")]
@@ -58,12 +81,12 @@ def test_train_sbatch(cluster, data, training, nodes, stage):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0001.keras", "epoch-0002.keras"]
     staged = cluster_dir(cluster) / "scratch" / f"dh5-{job}-data.h5"
     if stage == "0":
-        assert f"srun --mpi=pmix --kill-on-bad-exit=1 distributed-h5 train {data} " in log
+        assert f"srun --mpi=pmix --kill-on-bad-exit=1 distributed-h5 train {path} " in log
     else:
         # The ranks read `staged`, a path that exists only in each node's private scratch folder
         # (the shared view of that path, cluster_dir/scratch, never has it): sbcast put a copy on
         # every node, and the job removed each one at the end.
-        assert f"staging {data} to {staged} on 2 node(s)" in log
+        assert f"staging {path} to {staged} on 2 node(s)" in log
         assert f"srun --mpi=pmix --kill-on-bad-exit=1 distributed-h5 train {staged} " in log
         for node in ("node1", "node2"):
             assert not (cluster_dir(cluster) / "nodes" / node / "scratch" / staged.name).exists()
@@ -71,12 +94,12 @@ def test_train_sbatch(cluster, data, training, nodes, stage):
 
 
 def test_two_nodes_train_exactly_as_one(training):
-    """Same ranks and global batch on one node and on two (staged there): every epoch's
-    metrics agree to the last bit, since the data order depends only on seed and epoch."""
+    """Same ranks, global batch and data on one node and on two (the README's example, staged):
+    every epoch's metrics agree to the last bit, since the data order depends only on seed and epoch."""
     metrics = {}
     for nodes, stage in [(1, "0"), (2, "1")]:
-        result, _, log, run_dir = training(nodes, stage)
-        assert result.returncode == 0, log[-3000:]
+        status, _, log, run_dir, _ = training(nodes, stage)
+        assert status == 0, log[-3000:]
         rows = list(csv.DictReader((run_dir / "logs" / "training.csv").open()))
         metrics[nodes] = [(row["epoch"], row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"])
                           for row in rows]
