@@ -510,7 +510,7 @@ def plot(rows: Sequence[Row], path: str) -> None:
         ranks = sorted({r.ranks for r in chosen})
         first = chosen[0]
         axis.axhline(AU_TARGET, color="k", linestyle="--", linewidth=0.8, label=f"AU {AU_TARGET:.2f}")
-        axis.set(xlabel="emulated accelerators (ranks)", ylabel="accelerator utilisation", xscale="log",
+        axis.set(xlabel="emulated accelerators (ranks)", ylabel="accelerator utilisation",
                  title=f"{cache} page cache, {first.compute_ms:g} ms/step, batch {first.batch_size}", ylim=(0, 1.05))
         axis.set_xticks(ranks, [str(r) for r in ranks])
         axis.grid(alpha=0.3)
