@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start or stop a SLURM test cluster on this machine (as root, from Debian's packages).
 #
-#   tests/slurm/cluster.sh start DIR [--nodes N]   N = 1 (default) to 4; prints export SLURM_CONF=...
+#   tests/slurm/cluster.sh start DIR [--nodes N] [--ssh]
+#                                                  N = 1 (default) to 4; prints export SLURM_CONF=...
 #   tests/slurm/cluster.sh stop DIR                stop what `start DIR` started, remove its network
 #   tests/slurm/cluster.sh link DIR NAME down|up   cut node NAME off the network, or reconnect it
 #
@@ -11,12 +12,14 @@
 #   hostname (UTS namespace) and a private mount namespace in which DIR/scratch is that node's
 #   own folder (DIR/nodes/nodeK/scratch): TMPDIR in every task, the node-local disk. Every
 #   other path is shared, as a cluster shares its parallel file system.
+# --ssh: also an sshd in each node, listening only on its address, with keys made here for
+#   root (DIR/ssh/); `ssh node2` works from inside the nodes, as horovodrun needs.
 # Each cluster runs its own munged (socket DIR/munge.socket, key DIR/munge.key) and slurmctld;
 # each node its own slurmd (logs in DIR/nodes/NAME/). `stop` ends exactly those processes,
 # by the PIDs recorded at start, and the processes left in the cluster's namespaces.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-usage="usage: cluster.sh start DIR [--nodes N] | stop DIR | link DIR NAME down|up"
+usage="usage: cluster.sh start DIR [--nodes N] [--ssh] | stop DIR | link DIR NAME down|up"
 action=${1:?$usage}
 dir=${2:?$usage}
 dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
@@ -28,6 +31,12 @@ if [[ $action == node ]]; then
     hostname "$name"
     mount --bind "$dir/nodes/$name/scratch" "$dir/scratch"
     mount --bind "$dir/hosts" /etc/hosts
+    if [[ -f $dir/ssh/ssh_config ]]; then
+        # `ssh nodeK` works from any node with the cluster's key, and leaves ~/.ssh alone.
+        mount --bind "$dir/ssh/ssh_config" /etc/ssh/ssh_config
+        /usr/sbin/sshd -D -f "$dir/nodes/$name/sshd_config" -E "$dir/nodes/$name/sshd.log" </dev/null &
+        echo $! >"$dir/nodes/$name/sshd.started.pid"
+    fi
     exec /usr/sbin/slurmd -D -N "$name" -f "$dir/slurm.conf"
 fi
 
@@ -44,7 +53,8 @@ stop_pid() {  # TERM, up to 10 s, then KILL
 
 stop() {
     local file namespace pid
-    for file in "$dir"/nodes/*/started.pid "$dir/slurmctld.started.pid" "$dir/munged.started.pid"; do
+    for file in "$dir"/nodes/*/started.pid "$dir"/nodes/*/sshd.started.pid "$dir/slurmctld.started.pid" \
+        "$dir/munged.started.pid"; do
         [[ -f $file ]] || continue
         stop_pid "$(cat "$file")"
         rm -f "$file"
@@ -77,8 +87,18 @@ if [[ $action == link ]]; then
 fi
 [[ $action == start ]] || { echo "$usage" >&2; exit 2; }
 nodes=1
-if [[ ${3:-} == --nodes ]]; then
-    nodes=${4:?$usage}
+ssh=0
+shift 2
+while (($#)); do
+    case $1 in
+        --nodes) nodes=${2:?$usage}; shift 2 ;;
+        --ssh) ssh=1; shift ;;
+        *) echo "$usage" >&2; exit 2 ;;
+    esac
+done
+if ((ssh)) && { ((nodes == 1)) || [[ ! -x /usr/sbin/sshd ]]; }; then
+    echo "cluster.sh: --ssh needs --nodes 2 to 4 and /usr/sbin/sshd (apt-get install openssh-server)" >&2
+    exit 2
 fi
 if ! [[ $nodes =~ ^[1-4]$ ]]; then
     echo "cluster.sh: --nodes must be 1 to 4. Received: $nodes" >&2
@@ -133,6 +153,16 @@ else
     ctld_host="$host($prefix.1)"
     printf '127.0.0.1 localhost\n%s %s\n' "$prefix.1" "$host" >"$dir/hosts"
     node_lines=""
+    if ((ssh)); then
+        # One key pair for the cluster's root and one host key for every node, made here.
+        mkdir -p "$dir/ssh" /run/sshd
+        ssh-keygen -q -t ed25519 -N "" -C "dh5 test cluster" -f "$dir/ssh/id_ed25519"
+        ssh-keygen -q -t ed25519 -N "" -C "dh5 test cluster host" -f "$dir/ssh/host_ed25519"
+        cp "$dir/ssh/id_ed25519.pub" "$dir/ssh/authorized_keys"
+        printf 'Host node*\n  IdentityFile %s\n  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  BatchMode yes\n' \
+            "$dir/ssh/id_ed25519" "$dir/ssh/known_hosts" >"$dir/ssh/ssh_config"
+        : >"$dir/ssh/known_hosts"
+    fi
     for k in $(seq "$nodes"); do
         name=node$k
         namespace=dh5-$subnet-$name
@@ -145,6 +175,15 @@ else
         ip -n "$namespace" link set lo up
         ip -n "$namespace" link set eth0 up
         echo "$prefix.1$k $name" >>"$dir/hosts"
+        if ((ssh)); then
+            mkdir -p "$dir/nodes/$name"
+            # Listens on the node's own address only, inside its namespace.
+            printf '%s\n' "ListenAddress $prefix.1$k" "HostKey $dir/ssh/host_ed25519" \
+                "AuthorizedKeysFile $dir/ssh/authorized_keys" "PermitRootLogin prohibit-password" \
+                "PasswordAuthentication no" "KbdInteractiveAuthentication no" "UsePAM no" "StrictModes no" \
+                "PidFile $dir/nodes/$name/sshd.pid" >"$dir/nodes/$name/sshd_config"
+            echo "$name,$prefix.1$k $(cut -d' ' -f1,2 "$dir/ssh/host_ed25519.pub")" >>"$dir/ssh/known_hosts"
+        fi
         node_lines+="NodeName=$name NodeHostname=$name NodeAddr=$prefix.1$k CPUs=$cpus RealMemory=$memory State=UNKNOWN"$'\n'
     done
 fi

@@ -1,6 +1,6 @@
 """Jobs across the two hosts of the test cluster (node1 and node2, each its own network
 namespace, hostname and node-local TMPDIR): training with and without staging, the same
-result as on one node, requeue on SIGUSR1, a node lost mid-job, and convert."""
+result as on one node, requeue on SIGUSR1, a node lost mid-job, horovodrun over ssh, and convert."""
 
 import csv
 import re
@@ -200,3 +200,22 @@ def test_convert_refuses_srun_without_pmix(cluster, tmp_path):
                "horovodrun")
     assert log.count(refusal) == 2, log[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["videos", f"job-{result.stdout.strip()}.out"])
+
+
+def test_horovodrun_gloo_across_two_hosts(cluster, data, tmp_path):
+    """launch/horovodrun.sh from node1 with -H node1:1,node2:1 and the interface named: Gloo by
+    default on a machine without a GPU, rank 1 started on node2 over ssh (the cluster's sshd
+    there, listening only on node2's address), the ranks meeting over eth0."""
+    ssh = cluster_dir(cluster) / "ssh"
+    assert ssh.is_dir(), "horovodrun across hosts needs sshd in the test cluster: apt-get install openssh-server"
+    line = (f"export PATH={ROOT}/.venv/bin:$PATH; {ROOT}/launch/horovodrun.sh -np 2 -H node1:1,node2:1 "
+            f"--network-interface eth0 {data} --epochs 1 --batch-size 8 --width 4 --depth 1")
+    result = sbatch(cluster, "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--output=job-%j.out",
+                    "--wrap", line, cwd=tmp_path)
+    job = result.stdout.strip()
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert result.returncode == 0, log[-5000:]
+    assert (f"horovodrun -np 2 -H node1:1,node2:1 --gloo --network-interface eth0 distributed-h5 train {data} "
+            "--epochs 1") in log
+    assert re.search(r"summary: ranks=2 epochs=1 ", log), log[-3000:]
+    assert "Accepted publickey for root from 10.199." in (cluster_dir(cluster) / "nodes" / "node2" / "sshd.log").read_text()
