@@ -159,3 +159,11 @@ def test_the_feeder_hands_tensorflow_64_byte_aligned_batches_with_the_right_clip
         assert clip_index(x).tolist() == expected.tolist()
     batches.close()
     seq.close()
+
+
+def test_a_two_rank_run_with_a_gradient_allreduce_under_horovod_gloo(files, tmp_path):
+    """--gradient-mb: ranks started by horovodrun --gloo allreduce every step and stop together."""
+    times, clip_bytes = au.run_point(au.Config(str(files["contiguous"]), "seed", 4, 5.0, 0.2, gradient_mb=0.01), 2)
+    assert clip_bytes == 8 * 3 * 16 * 16
+    assert len(times) == 2 and times[0].steps == times[1].steps >= 2  # the stop wish rides in the allreduce
+    assert all(t > 0 for rank in times for t in rank.allreduces)
