@@ -1,6 +1,6 @@
-"""``distributed-h5 bench au``: accelerator utilisation (AU) as MLPerf Storage measures it.
+"""``distributed-h5 bench au``: accelerator utilisation as MLPerf Storage measures it. No framework import.
 
-Imports no framework itself; each rank imports what its loader needs (TensorFlow for
+The driver imports no framework; each rank imports what its loader needs (TensorFlow for
 ``distributed_h5`` and ``tfdata``, PyTorch for ``torch-dataloader``, Horovod for
 ``--gradient-mb``).
 

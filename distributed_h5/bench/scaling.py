@@ -1,4 +1,4 @@
-"""``distributed-h5 bench scaling``: throughput and efficiency against the number of ranks.
+"""``distributed-h5 bench scaling``: throughput and efficiency per rank count. Ranks import TF, Keras, Horovod.
 
 The driver runs the same short training at each rank count, twice: with a fixed batch per
 rank (weak scaling) and with a fixed global batch (strong scaling). Ranks are started with
