@@ -37,11 +37,12 @@ def idle_nodes(env: dict) -> list[str]:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    """``SLURM_CONF`` of a cluster of at least two idle nodes: an existing one if ``SLURM_CONF``
-    points at one, else one of two nodes started here and stopped at the end. Where SLURM
-    cannot run at all the tests skip with the reason, except in CI, where that is a failure."""
+    """``SLURM_CONF`` of a cluster of two idle nodes: an existing one if ``SLURM_CONF`` points at
+    one that cluster.sh started (the tests look into its node folders), else one started here
+    and stopped at the end. Where SLURM cannot run at all the tests skip with the reason,
+    except in CI, where that is a failure."""
     existing = os.environ.get("SLURM_CONF")
-    if existing and len(idle_nodes(slurm_env(existing))) >= NODES:
+    if existing and (Path(existing).parent / "task-prolog").exists() and len(idle_nodes(slurm_env(existing))) >= NODES:
         yield existing
         return
     missing = [tool for tool in ("slurmctld", "slurmd", "munged", "sbatch", "ip", "unshare", "nsenter")

@@ -15,6 +15,11 @@ from .conftest import HERE, ROOT, cluster_dir, idle_nodes, job_state, sbatch, sl
 TRAIN = ("--width", 4, "--depth", 1)
 
 
+def checkpoints(run_dir) -> list[str]:
+    """The epoch checkpoints' names in ``run_dir/checkpoints`` (besides best.keras and the lock)."""
+    return sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*.keras"))
+
+
 def ended(cluster: str, job: str) -> str:
     """The job's state once it has ended for good (not requeued), else ''."""
     state = job_state(cluster, job)
@@ -78,7 +83,7 @@ def test_train_sbatch(cluster, training, nodes, stage):
     assert ("NodeList=node[1-2]" if nodes == 2 else "NodeList=node1") in job_state(cluster, job)
     summary = [line for line in log.splitlines() if line.startswith("summary:")]
     assert len(summary) == 1 and "ranks=2 epochs=2" in summary[0]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0001.keras", "epoch-0002.keras"]
+    assert checkpoints(run_dir) == ["epoch-0001.keras", "epoch-0002.keras"]
     staged = cluster_dir(cluster) / "scratch" / f"dh5-{job}-data.h5"
     if stage == "0":
         assert f"srun --mpi=pmix --kill-on-bad-exit=1 distributed-h5 train {path} " in log
@@ -122,7 +127,7 @@ def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes_on_two_no
     # A requeued job waits about two minutes before SLURM starts it again.
     state = wait_for(lambda: ended(cluster, job), 600, lambda: job_state(cluster, job) + text()[-3000:], interval=2)
     assert "JobState=COMPLETED" in state and "Restarts=1" in state and "NodeList=node[1-2]" in state, state
-    stopped = re.search(r"stopped by SIGUSR1 after (\d+) epochs and (\d+) steps", text())
+    stopped = re.search(r"stopped by SIGUSR1 after (\d+) epochs and (\d+) (steps|samples)", text())
     assert stopped, text()[-5000:]
     epochs_done = int(stopped.group(1))
     assert epochs_done >= 2
@@ -131,7 +136,7 @@ def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes_on_two_no
     # The second start finishes the interrupted epoch from its step, then the rest: the count continues.
     assert f"Epoch {epochs_done + 1}/20" in second and f"Epoch {epochs_done}/20" not in second
     assert f"summary: ranks=2 epochs={20 - epochs_done} " in second
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch-0019.keras", "epoch-0020.keras"]
+    assert checkpoints(tmp_path / "run")[-2:] == ["epoch-0019.keras", "epoch-0020.keras"]
 
 
 def test_a_lost_node_ends_the_job_and_a_resubmitted_job_resumes(cluster, data, tmp_path):
@@ -140,11 +145,11 @@ def test_a_lost_node_ends_the_job_and_a_resubmitted_job_resumes(cluster, data, t
     blocked in allreduce; the same job submitted again resumes from the newest checkpoint."""
     env = {"DH5_ROOT": str(ROOT), "DH5_RUN_DIR": str(tmp_path / "run")}
     args = ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--no-requeue", "--output=job-%j.out",
-            ROOT / "slurm" / "train.sbatch", data, "--epochs", 6, "--batch-size", 2, *TRAIN, "--verbose", 2]
+            ROOT / "slurm" / "train.sbatch", data, "--epochs", 12, "--batch-size", 2, *TRAIN, "--verbose", 2]
     job = sbatch(cluster, *args, cwd=tmp_path, env=env, wait=False).stdout.strip()
     log = tmp_path / f"job-{job}.out"
     text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
-    wait_for(lambda: "Epoch 3/6" in text(), 300, lambda: text()[-3000:])
+    wait_for(lambda: "Epoch 3/12" in text(), 300, lambda: text()[-3000:])
     directory = str(cluster_dir(cluster))
     subprocess.run(["bash", HERE / "cluster.sh", "link", directory, "node2", "down"], check=True, timeout=30)
     try:
@@ -153,16 +158,16 @@ def test_a_lost_node_ends_the_job_and_a_resubmitted_job_resumes(cluster, data, t
         subprocess.run(["bash", HERE / "cluster.sh", "link", directory, "node2", "up"], check=True, timeout=30)
     assert "JobState=NODE_FAIL" in state, state + text()[-3000:]
     wait_for(lambda: len(idle_nodes(slurm_env(cluster))) == 2, 120, lambda: "node2 did not come back")
-    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert checkpoints and all(re.fullmatch(r"epoch-\d{4}\.keras", name) for name in checkpoints), checkpoints
-    newest = int(checkpoints[-1][6:10])
-    assert 2 <= newest < 6
+    written = checkpoints(tmp_path / "run")
+    assert written and all(re.fullmatch(r"epoch-\d{4}\.keras", name) for name in written), written
+    newest = int(written[-1][6:10])
+    assert 2 <= newest < 12
     again = sbatch(cluster, *args, cwd=tmp_path, env=env)
     second = (tmp_path / f"job-{again.stdout.strip()}.out").read_text()
     assert again.returncode == 0, second[-5000:]
-    assert f"Epoch {newest + 1}/6" in second and f"Epoch {newest}/6" not in second, second[-5000:]
-    assert f"summary: ranks=2 epochs={6 - newest} " in second
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == "epoch-0006.keras"
+    assert f"Epoch {newest + 1}/12" in second and f"Epoch {newest}/12" not in second, second[-5000:]
+    assert f"summary: ranks=2 epochs={12 - newest} " in second
+    assert checkpoints(tmp_path / "run")[-1] == "epoch-0012.keras"
 
 
 def test_convert_with_ranks_on_two_hosts(cluster, tmp_path):
