@@ -61,12 +61,16 @@ stop() {
     done
     if [[ -f $dir/network ]]; then
         # Job steps outlive slurmd; everything still in a node's namespace was started there by it.
-        while read -r kind namespace; do
-            [[ $kind == namespace ]] || continue
-            for pid in $(ip netns pids "$namespace" 2>/dev/null); do
-                kill -KILL "$pid" 2>/dev/null || true
-            done
-            ip netns del "$namespace" 2>/dev/null || true
+        while read -r kind name; do
+            case $kind in
+                namespace)
+                    for pid in $(ip netns pids "$name" 2>/dev/null); do
+                        kill -KILL "$pid" 2>/dev/null || true
+                    done
+                    ip netns del "$name" 2>/dev/null || true ;;
+                # Deleted now rather than when the kernel gets round to the namespace's end.
+                veth) ip link del "$name" 2>/dev/null || true ;;
+            esac
         done <"$dir/network"
         ip link del "$(sed -n 's/^bridge //p' "$dir/network")" 2>/dev/null || true
         rm -f "$dir/network"
@@ -170,6 +174,7 @@ else
         ip netns add "$namespace"
         echo "namespace $namespace" >>"$dir/network"
         ip link add "dh5v${subnet}n$k" type veth peer name eth0 netns "$namespace"
+        echo "veth dh5v${subnet}n$k" >>"$dir/network"
         ip link set "dh5v${subnet}n$k" master "$bridge" up
         ip -n "$namespace" addr add "$prefix.1$k/24" dev eth0
         ip -n "$namespace" link set lo up
