@@ -24,8 +24,9 @@ log() { printf '[install] %s\n' "$*" >&2; }
 # --- System packages (Debian/Ubuntu) -------------------------------------------------
 system_packages=(openmpi-bin libopenmpi-dev cmake)
 if ((with_test)); then
-    # A real one-node SLURM for tests/slurm, PMIx for `srun --mpi=pmix`, shellcheck for launch/ and slurm/.
-    system_packages+=(slurmctld slurmd slurm-client munge libpmix2 shellcheck)
+    # A real SLURM for tests/slurm, PMIx for `srun --mpi=pmix`, shellcheck for launch/ and slurm/;
+    # iproute2 and an sshd for the multi-node test cluster (one network namespace and sshd per node).
+    system_packages+=(slurmctld slurmd slurm-client munge libpmix2 shellcheck iproute2 openssh-server openssh-client)
 fi
 missing=()
 for package in "${system_packages[@]}"; do
