@@ -96,7 +96,9 @@ def video_classifier(
             if batchnorm:
                 x = layers.BatchNormalization(name=f"block{block}_{part}_bn")(x)
             x = layers.Activation("relu", name=f"block{block}_{part}_relu")(x)
-        x = layers.MaxPooling3D((1, 2, 2), padding="same", name=f"block{block}_pool")(x)
+        # TensorFlow has no float16 MaxPool3D kernel on CPUs: pool in float32 under mixed_float16.
+        pool_dtype = "float32" if keras.config.dtype_policy().name == "mixed_float16" else None
+        x = layers.MaxPooling3D((1, 2, 2), padding="same", dtype=pool_dtype, name=f"block{block}_pool")(x)
     x = layers.GlobalAveragePooling3D(name="pool")(x)
     return keras.Model(inputs, _classifier(x, classes, dropout, seed, init), name="video_classifier")
 

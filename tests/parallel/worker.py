@@ -25,7 +25,13 @@ from distributed_h5.callbacks import NonFiniteLoss, Preempted  # noqa: E402
 from distributed_h5.feeding import Feeder  # noqa: E402
 from distributed_h5.synthetic import clip_index  # noqa: E402
 
-TRAINED = []  # clip indices of each step, in order: what the step asked the Feeder for
+TRAINED = []  # [epoch, clip indices] of each step, in order: what the step asked the Feeder for
+EPOCH = [0]
+
+
+class EpochOf(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        EPOCH[0] = epoch
 
 
 def record_trained_clips():
@@ -35,7 +41,7 @@ def record_trained_clips():
 
     def recorded(self):
         for x, y in iterate(self):
-            TRAINED.append(clip_index(x).tolist())
+            TRAINED.append([EPOCH[0], clip_index(x).tolist()])
             yield x, y
 
     Feeder.__iter__ = recorded
@@ -69,13 +75,15 @@ def build(args, info, init_seed):
 
     keras.config.set_dtype_policy(args.precision)
     if args.model == "r2plus1d_18":
-        return r2plus1d_18(info.clip_shape, info.classes, width=4, dtype=info.dtype, seed=init_seed)
-    model = video_classifier(info.clip_shape, info.classes, width=4, depth=2, dropout=0.0, seed=init_seed,
+        return r2plus1d_18(info.clip_shape, info.classes, width=args.width, dtype=info.dtype, seed=init_seed)
+    model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=2, dropout=0.0, seed=init_seed,
                              batchnorm=args.model in ("bn", "syncbn"), dtype=info.dtype)
     if args.model == "syncbn":  # the layer class itself, as a user who builds with it would
-        model = keras.models.clone_model(model, clone_function=lambda layer: layers.SyncBatchNormalization.from_config(
+        plain = model
+        model = keras.models.clone_model(plain, clone_function=lambda layer: layers.SyncBatchNormalization.from_config(
             layer.get_config()) if isinstance(layer, keras.layers.BatchNormalization) else layer.__class__.from_config(
             layer.get_config()))
+        model.set_weights(plain.get_weights())
     return model
 
 
@@ -89,6 +97,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-seed", default="0", help="an integer, or 'rank' for a different init per rank")
     parser.add_argument("--model", choices=("plain", "bn", "syncbn", "r2plus1d_18"), default="plain")
+    parser.add_argument("--width", type=int, default=4)
     parser.add_argument("--sync-bn", action="store_true")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
@@ -117,7 +126,7 @@ def main():
     optimizer = (keras.optimizers.SGD(args.learning_rate) if args.optimizer == "sgd"
                  else keras.optimizers.Adam(args.learning_rate))
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [KillAt(*args.kill[1:])] if args.kill and args.kill[0] == rank else []
+    callbacks = [EpochOf()] + ([KillAt(*args.kill[1:])] if args.kill and args.kill[0] == rank else [])
     callbacks += [SignalAt(signal.SIGUSR1, epoch, batch) for who, epoch, batch in args.usr1 if who == rank]
     record_trained_clips()
     args.out.mkdir(parents=True, exist_ok=True)
