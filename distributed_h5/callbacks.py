@@ -18,11 +18,9 @@ import keras
 import numpy as np
 
 from . import checkpoints, replicas
-from .checkpoints import Position
+from .checkpoints import EXIT_PREEMPTED, Position
 from .collective import average_logs
 from .sharding import ShardPlan
-
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
 
 
 class Preempted(RuntimeError):

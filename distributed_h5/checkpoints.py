@@ -44,6 +44,7 @@ PATTERN = re.compile(r"^epoch-(\d{4,})(?:-sample-(\d{9,}))?\.keras$")
 BEST = "best.keras"
 PREEMPTED_MARKER = "PREEMPTED"
 LOCK = ".lock"
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
 # Fields that, changed on resume, would silently train on another split or file.
 CHECKED_FIELDS = ("seed", "validation_ratio", "sample_count", "fingerprint")
 

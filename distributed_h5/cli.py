@@ -167,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--log-dir", help="training.csv, training.png and TensorBoard logs (default: --checkpoint-dir)")
     train.add_argument("--remainder", choices=("pad", "drop"), default="pad")
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
+    train.add_argument("--allow-unwritten", action="store_true",
+                       help="train on a file whose X or Y was never written in places (read as the fill value)")
     train.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
                        help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
     train.add_argument("--stop-signal", choices=("USR1", "USR2", "TERM"),
@@ -190,8 +192,11 @@ def _parser() -> argparse.ArgumentParser:
     scaling.add_argument("--global-batch", type=_positive, help="global batch for strong scaling (default: batch x max ranks)")
     scaling.add_argument("--steps", type=_positive, default=30, help="timed steps per run")
     scaling.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    scaling.add_argument("--width", type=_positive, default=16, help="reference model width")
+    scaling.add_argument("--width", type=_positive, help="model width (default 16 for video, 64 for r2plus1d_18)")
     scaling.add_argument("--depth", type=_positive, default=3, help="reference model depth")
+    scaling.add_argument("--model", choices=("video", "r2plus1d_18"), default="video",
+                         help="video: the reference (2+1)D model (--width, --depth); r2plus1d_18: R(2+1)D-18")
+    scaling.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32")
     scaling.add_argument("--launcher", choices=("horovodrun", "srun"), default="horovodrun",
                          help="srun inside a SLURM allocation (slurm/scaling.sbatch)")
     scaling.add_argument("--controller", choices=("gloo", "mpi"), default="gloo", help="Horovod controller for horovodrun")
@@ -335,7 +340,7 @@ def _train(args) -> int:
     from .models import r2plus1d_18, video_classifier
     from .training import train_model
 
-    info = describe(args.file, labels=True, clips=True)  # bad labels or unreadable clips: one line, before any model
+    info = describe(args.file, labels=True, clips=True, allow_unwritten=args.allow_unwritten)  # bad labels or unreadable clips: one line, before any model
     # The dtype policy must be set before the model is built: layers take it at construction.
     keras.config.set_dtype_policy(args.precision)
     if args.model in ("video", "r2plus1d_18"):
@@ -355,7 +360,7 @@ def _train(args) -> int:
         seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         monitor=None if args.monitor == "none" else args.monitor, log_dir=args.log_dir, remainder=args.remainder,
-        threads=args.threads, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
+        threads=args.threads, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
         precision=args.precision, allow_config_change=tuple(args.allow_config_change),
         stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,
     )
@@ -457,8 +462,10 @@ def _bench(args) -> int:
         else:
             ranks = _rank_counts(args.ranks)
             rows = scaling.bench_scaling(args.file, ranks, batch_size=args.batch_size, global_batch=args.global_batch,
-                                         steps=args.steps, warmup=args.warmup, width=args.width, depth=args.depth,
-                                         launcher=args.launcher, controller=args.controller)
+                                         steps=args.steps, warmup=args.warmup, depth=args.depth,
+                                         width=args.width or (64 if args.model == "r2plus1d_18" else 16),
+                                         launcher=args.launcher, controller=args.controller, model=args.model,
+                                         precision=args.precision)
         print(scaling.table(rows), flush=True)
         if args.csv:
             scaling.write_csv(rows, args.csv)
@@ -542,9 +549,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, exc)
     except OSError as exc:  # an unreadable input or unwritable output the checks could not foresee
         return _fail(args.command, exc)
-    except RuntimeError as exc:  # Horovod missing, or training.Preempted (exit status 75: run again with --resume)
-        print(f"distributed-h5 {args.command}: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_status", 1)
+    except RuntimeError as exc:  # Horovod missing, a locked or unwritable checkpoint dir, a non-finite loss,
+        from .checkpoints import EXIT_PREEMPTED  # or callbacks.Preempted (exit status 75: run again with --resume)
+
+        status = getattr(exc, "exit_status", 1)
+        if status == EXIT_PREEMPTED:
+            print(f"distributed-h5 {args.command}: {_one_line(exc)}", file=sys.stderr)
+            return status
+        print(f"distributed-h5 {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        _let_other_ranks_report()
+        return status
     except KeyboardInterrupt:
         return 130
 

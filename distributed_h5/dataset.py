@@ -166,7 +166,7 @@ def check_storage(file: h5py.File, sample_count: int, *, locking: bool = False) 
             problem = _virtual_source_problem(dset, locking)
             if problem:
                 raise DatasetError(f"{path}: {where} is a virtual dataset and {problem}, so it would read as the "
-                                   "fill value; pass allow_unwritten=True to read it anyway")
+                                   "fill value; pass allow_unwritten=True (train --allow-unwritten) to read it anyway")
             continue
         external = [plist.get_external(i)[0].decode() for i in range(plist.get_external_count())]
         if external:
@@ -178,7 +178,8 @@ def check_storage(file: h5py.File, sample_count: int, *, locking: bool = False) 
             continue
         problem = _unwritten_rows(dset, sample_count)
         if problem:
-            raise DatasetError(f"{path}: {where} {problem}; pass allow_unwritten=True to read it anyway")
+            raise DatasetError(f"{path}: {where} {problem}; pass allow_unwritten=True (train --allow-unwritten) "
+                               "to read it anyway")
 
 
 def probe_indices(sample_count: int, count: int = PROBE_CLIPS) -> np.ndarray:

@@ -46,6 +46,8 @@ class ShardedSequence(keras.utils.PyDataset):
         remainder: ``"pad"`` (default) or ``"drop"`` the last partial global batch of training.
         threads: reader threads (default: usable cores, at most 4).
         locking: HDF5 file locking (default off).
+        allow_unwritten: read X and Y even where their storage was never written (see
+            :func:`dataset.validate`; default False).
         workers, use_multiprocessing, max_queue_size: passed to ``keras.utils.PyDataset``.
 
     Example:
@@ -55,11 +57,12 @@ class ShardedSequence(keras.utils.PyDataset):
     """
 
     def __init__(self, path, *, batch_size=32, subset="train", validation_ratio=0.3, seed=0, epoch=0,
-                 rank=None, size=None, remainder="pad", threads=None, locking=False, **kwargs):
+                 rank=None, size=None, remainder="pad", threads=None, locking=False, allow_unwritten=False, **kwargs):
         super().__init__(**kwargs)
         self.path = os.fspath(path)
         self.rank, self.size = world(rank, size)
-        self.info = describe(self.path, locking=locking)
+        self.info = describe(self.path, locking=locking, allow_unwritten=allow_unwritten)
+        self.allow_unwritten = allow_unwritten
         if subset not in sharding.SUBSETS:
             raise ValueError(f"subset must be one of {sharding.SUBSETS}. Received: subset={subset!r}")
         self.batch_size, self.subset, self.validation_ratio = batch_size, subset, validation_ratio
@@ -99,7 +102,8 @@ class ShardedSequence(keras.utils.PyDataset):
     def reader(self) -> BatchReader:
         """This process's reader, opened on first use (an h5py handle must not cross a fork)."""
         if self._reader is None or self._reader_pid != os.getpid():
-            self._reader = BatchReader(self.path, threads=self.threads, locking=self.locking)
+            self._reader = BatchReader(self.path, threads=self.threads, locking=self.locking,
+                                       allow_unwritten=self.allow_unwritten)
             self._reader_pid = os.getpid()
         return self._reader
 

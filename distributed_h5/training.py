@@ -135,6 +135,7 @@ def train_model(
     remainder: str = "pad",
     threads: int | None = None,
     workers: int = 1,
+    allow_unwritten: bool = False,
     verbose: int = 1,
     callbacks: list | None = None,
     stop_signal: int | None = None,
@@ -179,6 +180,8 @@ def train_model(
         remainder: ``"pad"`` or ``"drop"`` the last partial global batch (default ``"pad"``).
         threads: reader threads per batch (default: usable cores, at most 4).
         workers: batches read ahead in parallel by the feeder (default 1; 2 batches ahead each).
+        allow_unwritten: train on a file whose X or Y storage was never written in places
+            (they read as the fill value; default False: refused, see :func:`dataset.validate`).
         verbose: Keras progress output on rank 0 (0, 1 or 2).
         callbacks: more Keras callbacks, run on every rank after the package's own.
         stop_signal: a signal (e.g. ``signal.SIGUSR1``) on which every rank stops at the same
@@ -219,7 +222,7 @@ def train_model(
     collective = init_engine(engine)
     rank, size = collective.rank, collective.size
     common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
-                  threads=threads)
+                  threads=threads, allow_unwritten=allow_unwritten)
     train = ShardedSequence(path, subset="train", remainder=remainder, **common)
     validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
     plan = train.plan

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 
 FIELDS = ("mode", "ranks", "batch_per_rank", "global_batch", "steps", "global_samples_per_second",
           "per_rank_samples_per_second", "efficiency", "step_seconds", "data_wait_seconds", "compute_seconds",
-          "allreduce_seconds", "data_wait_fraction", "allreduce_bytes_per_step", "read_bytes_per_step")
+          "allreduce_seconds", "data_wait_fraction", "allreduce_bytes_per_step", "read_bytes_per_step", "model",
+          "precision")
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Row:
     data_wait_fraction: float
     allreduce_bytes_per_step: int
     read_bytes_per_step: int
+    model: str = "video"
+    precision: str = "float32"
 
 
 # --- one rank ------------------------------------------------------------------------------
@@ -70,15 +73,23 @@ def worker(args) -> None:
     from .. import horovod as engine
     from .. import replicas
     from ..feeding import Feeder
-    from ..models import video_classifier
+    from ..models import r2plus1d_18, video_classifier
     from ..sequence import ShardedSequence
 
     collective = engine.init()
     sequence = ShardedSequence(args.file, batch_size=args.batch_size, rank=collective.rank, size=collective.size,
                                validation_ratio=0.0, seed=0)
     info = sequence.info
-    model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth, dropout=0.0, seed=0)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy")
+    keras.config.set_dtype_policy(args.precision)
+    if args.model == "r2plus1d_18":
+        model = r2plus1d_18(info.clip_shape, info.classes, width=args.width, dtype=info.dtype, seed=0)
+    else:
+        model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth, dropout=0.0,
+                                 dtype=info.dtype, seed=0)
+    optimizer = keras.optimizers.SGD(0.01)
+    if args.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy")
     feeder = Feeder.for_sequence(sequence)  # what train_model feeds Keras with, and its data wait
     timer = _StepTimer(feeder, collective, args.warmup)
     with replicas.distributed(model, collective):  # the optimizer wrapper train_model uses
@@ -151,13 +162,14 @@ def launch_command(ranks: int, launcher: str, controller: str = "gloo") -> list[
 
 
 def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup: int, width: int, depth: int,
-              launcher: str, controller: str = "gloo") -> dict:
+              launcher: str, controller: str = "gloo", model: str = "video", precision: str = "float32") -> dict:
     """Launch ``ranks`` workers and return rank 0's measurements."""
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "result.json")
         command = [*launch_command(ranks, launcher, controller), sys.executable, "-m", "distributed_h5.bench.scaling", "--worker",
                    file, "--batch-size", str(batch_per_rank), "--steps", str(steps), "--warmup", str(warmup),
-                   "--width", str(width), "--depth", str(depth), "--out", out]
+                   "--width", str(width), "--depth", str(depth), "--model", model, "--precision", precision,
+                   "--out", out]
         env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE", TF_CPP_MIN_LOG_LEVEL="3")
         # One TensorFlow thread per rank unless told otherwise: every rank count then runs each
         # rank alike, so the efficiency measures scaling, not a change in threading.
@@ -172,7 +184,8 @@ def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup:
 
 def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_batch: int | None = None,
                   steps: int = 30, warmup: int = 5, width: int = 16, depth: int = 3,
-                  launcher: str = "horovodrun", controller: str = "gloo") -> list[Row]:
+                  launcher: str = "horovodrun", controller: str = "gloo", model: str = "video",
+                  precision: str = "float32") -> list[Row]:
     """Weak- and strong-scaling rows for each rank count (1 is always measured, as the base)."""
     from .io import warm
 
@@ -189,13 +202,13 @@ def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_ba
                 raise ValueError(f"global_batch={global_batch} does not divide by {count} ranks; pick another --global-batch")
             per_rank = batch_size if mode == "weak" else global_batch // count
             point = run_point(file, count, per_rank, steps=steps, warmup=warmup, width=width, depth=depth,
-                              launcher=launcher, controller=controller)
+                              launcher=launcher, controller=controller, model=model, precision=precision)
             throughput = count * per_rank * point["steps"] / point["elapsed"]
             base = throughput if count == 1 else base
             step = point["elapsed"] / point["steps"]
             rows.append(Row(mode, count, per_rank, per_rank * count, point["steps"], throughput, throughput / count,
                             throughput / (count * base), step, point["wait"], point["compute"], point["reduce"],
-                            point["wait"] / step, point["gradient_bytes"], point["read_bytes"]))
+                            point["wait"] / step, point["gradient_bytes"], point["read_bytes"], model, precision))
     return rows
 
 
@@ -212,7 +225,8 @@ def read_csv(path: str) -> list[Row]:
     types = {name: type_ for name, type_ in Row.__annotations__.items()}
     convert = {"str": str, "int": int, "float": float}
     with open(path, newline="") as handle:
-        return [Row(**{k: convert[types[k]](v) for k, v in row.items()}) for row in csv.DictReader(handle)]
+        # Files written before the model and precision columns read as the defaults.
+        return [Row(**{k: convert[types[k]](v) for k, v in row.items() if k in types}) for row in csv.DictReader(handle)]
 
 
 def table(rows: list[Row]) -> str:
@@ -260,6 +274,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--model", choices=("video", "r2plus1d_18"), default="video")
+    parser.add_argument("--precision", default="float32")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     worker(args)

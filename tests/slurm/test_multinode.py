@@ -200,7 +200,7 @@ def test_convert_refuses_srun_without_pmix(cluster, tmp_path):
                     "--wrap", line, cwd=tmp_path)
     log = (tmp_path / f"job-{result.stdout.strip()}.out").read_text()
     assert result.returncode != 0
-    refusal = ("distributed-h5 convert: the launcher started 2 tasks (SLURM_PROCID) without MPI's wire-up (no PMIX_RANK), "
+    refusal = ("distributed-h5 convert: error: the launcher started 2 tasks (SLURM_PROCID) without MPI's wire-up (no PMIX_RANK), "
                "so every task would act as rank 0 of 1: launch with `srun --mpi=pmix` (not pmi2 or none), mpirun or "
                "horovodrun")
     assert log.count(refusal) == 2, log[-3000:]

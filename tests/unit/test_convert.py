@@ -263,5 +263,5 @@ def test_without_pyav_convert_says_so_once(tree, tmp_path):
     result = subprocess.run([sys.executable, "-c", program, "convert", str(root), str(tmp_path / "out.h5"),
                              "--frames", "4", "--size", "12", "16"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.startswith("distributed-h5 convert: convert needs PyAV: pip install av (or `make install`): ")
+    assert result.stderr.startswith("distributed-h5 convert: error: convert needs PyAV: pip install av (or `make install`): ")
     assert result.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []

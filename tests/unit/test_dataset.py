@@ -166,7 +166,8 @@ def test_storage_never_written_is_refused(tmp_path):
     with pytest.raises(DatasetError) as caught:
         describe(path)
     assert str(caught.value) == (f"{path}: dataset 'X' was never written (its storage is not allocated, so every "
-                                 "read gives the fill value); pass allow_unwritten=True to read it anyway")
+                                 "read gives the fill value); pass allow_unwritten=True (train --allow-unwritten) "
+                                 "to read it anyway")
     assert describe(path, allow_unwritten=True).sample_count == 6  # the user asked for it
 
 
@@ -197,7 +198,7 @@ def test_virtual_dataset_with_a_missing_source_is_refused(tmp_path):
     with pytest.raises(DatasetError) as caught:
         describe(path)
     assert str(caught.value) == (f"{path}: dataset 'X' is a virtual dataset and its source file gone.h5 is missing, "
-                                 "so it would read as the fill value; pass allow_unwritten=True to read it anyway")
+                                 "so it would read as the fill value; pass allow_unwritten=True (train --allow-unwritten) to read it anyway")
     written(tmp_path / "gone.h5")  # the source appears: the same file is now valid and reads real clips
     assert describe(path).sample_count == 6
     from distributed_h5.reader import BatchReader
@@ -213,6 +214,21 @@ def test_virtual_dataset_with_a_missing_source_dataset(tmp_path):
     path = virtual(tmp_path / "vds.h5", "other.h5")
     with pytest.raises(DatasetError, match=f"its source dataset 'X' is missing from {tmp_path}/other.h5"):
         describe(path)
+
+
+def test_train_refuses_unwritten_storage_in_one_line_unless_allowed(tmp_path):
+    path = written(tmp_path / "empty.h5", chunks=(1, 2, 1, 4, 4), write_rows=[0, 1, 2, 3, 4])
+    args = ("train", str(path), "--epochs", "1", "--batch-size", "2", "--validation-ratio", "0", "--width", "1",
+            "--depth", "1", "--tf-threads", "1")
+    refused = run_cli(*args)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"distributed-h5 train: error: {path}: dataset 'X' has rows never written: 1 chunk row(s) of 1 rows among "
+        "the 6 in use, the first at row 5 (they would read as the fill value); pass allow_unwritten=True "
+        "(train --allow-unwritten) to read it anyway"]
+    allowed = run_cli(*args, "--allow-unwritten")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "ranks=1 epochs=1 " in allowed.stdout
 
 
 def test_reader_refuses_unwritten_storage_unless_allowed(tmp_path):

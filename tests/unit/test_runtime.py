@@ -71,6 +71,6 @@ def test_convert_refuses_when_mpi_sees_one_of_several_tasks(tmp_path):
                             timeout=120)
     assert result.returncode == 1
     assert result.stderr == (
-        "distributed-h5 convert: the launcher started 2 tasks (SLURM_PROCID) without MPI's wire-up (no PMIX_RANK), so "
+        "distributed-h5 convert: error: the launcher started 2 tasks (SLURM_PROCID) without MPI's wire-up (no PMIX_RANK), so "
         "every task would act as rank 0 of 1: launch with `srun --mpi=pmix` (not pmi2 or none), mpirun or horovodrun\n")
     assert list(tmp_path.iterdir()) == []
