@@ -113,28 +113,6 @@ def test_cli_learns_under_horovodrun(tmp_path):
     assert rows[0].split(",")[0] == "epoch" and len(rows) == 5
 
 
-def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(tmp_path, small_file):
-    """SIGUSR1 reaches the ranks at different steps; they stop together, rank 0 checkpoints
-    mid-epoch, and the resumed run ends with the weights of an uninterrupted one."""
-    common = ("--batch-size", 4, "--scale-lr", "--epochs", 3)
-    train(2, "gloo", small_file, tmp_path / "straight", *common)
-    checkpoints = tmp_path / "checkpoints"
-    stopped = train(2, "gloo", small_file, tmp_path / "stopped", *common, "--checkpoint-dir", checkpoints,
-                    "--usr1", 0, 1, 3, "--usr1", 1, 1, 6, check=False)
-    # horovodrun reports the first rank's status (75, "run again with resume") and exits 1.
-    assert stopped.returncode == 1 and "Exit code: 75" in stopped.stderr, stopped.stderr[-3000:]
-    # Rank 0 got the signal before batch 3 of epoch 1; both ranks stopped after that batch:
-    # 4 global batches of 2 x 4 = 32 samples of epoch 1's order.
-    assert [json.loads((tmp_path / "stopped" / f"rank{r}.stopped").read_text())["at"] for r in (0, 1)] == [[1, 32]] * 2
-    assert saved(checkpoints) == ["PREEMPTED", "best.keras", "epoch-0001-sample-000000032.keras", "epoch-0001.keras"]
-    assert (checkpoints / "PREEMPTED").read_text() == "1 32\n"
-    train(2, "gloo", small_file, tmp_path / "resumed", *common, "--checkpoint-dir", checkpoints, "--resume")
-    assert not (checkpoints / "PREEMPTED").exists()
-    assert report(tmp_path / "resumed", 0)["epochs"] == [1, 2]
-    for a, b in zip(weights(tmp_path / "resumed", 0), weights(tmp_path / "straight", 0)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("controller", CONTROLLERS)
 def test_launch_horovodrun_script(tmp_path, small_file, controller):
     """launch/horovodrun.sh prints the exact command, sets one TF thread per rank, and trains."""
