@@ -16,7 +16,7 @@ distributed-h5 inspect "$data"
 
 # One TensorFlow thread per rank so the ranks share the cores instead of fighting over them;
 # no HDF5 file locking (it fails on many parallel file systems, and nothing here writes the data).
-export DH5_TF_THREADS=${DH5_TF_THREADS:-1} HDF5_USE_FILE_LOCKING=FALSE TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+export DH5_TF_THREADS=${DH5_TF_THREADS:-1} HDF5_USE_FILE_LOCKING=FALSE
 # Gloo: on CPU ranks sharing cores, Open MPI's busy-polling would slow compute down.
 command=(horovodrun -np "$ranks" --gloo distributed-h5 train "$data" --epochs 5 --batch-size 16
          --checkpoint-dir runs/demo/checkpoints --log-dir runs/demo/logs)
