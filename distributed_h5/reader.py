@@ -23,6 +23,10 @@ a few clips (the first, the last and some spread between, :func:`dataset.probe_i
 are read through h5py, which catches unreadable chunks and filters early, and the byte
 methods must give the same bytes for them or the reader falls back to ``hdf5``. Labels
 are loaded once as class indices (4 bytes per sample). Imports h5py and numpy only.
+
+:meth:`BatchReader.read_windows` reads a temporal window of each clip (its own start per
+clip) through the same method, reading only the window's bytes where the layout allows
+(see :mod:`distributed_h5.augment` for the crops and flips applied after it).
 """
 
 from __future__ import annotations
@@ -178,13 +182,7 @@ class BatchReader:
         ``indices`` must be in [0, sample_count); sorted indices read fastest. ``out``, if
         given, receives the clips (shape (len(indices), *clip_shape), the file's dtype).
         """
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.ndim != 1 or indices.size == 0:
-            raise ValueError(f"indices must be a non-empty 1-D array. Received: shape {indices.shape}")
-        if indices.min() < 0 or indices.max() >= self.info.sample_count:
-            raise ValueError(
-                f"indices must be in [0, {self.info.sample_count}). Received: min {indices.min()}, max {indices.max()}"
-            )
+        indices = self._check_indices(np.asarray(indices, dtype=np.int64))
         if out is None:
             out = np.empty((indices.size, *self.info.clip_shape), dtype=self.info.dtype)
         elif out.shape != (indices.size, *self.info.clip_shape) or out.dtype != self.info.dtype or not out.flags.c_contiguous:
@@ -194,6 +192,88 @@ class BatchReader:
             )
         self._read_x(indices, out)
         return out, self._eye[self.labels[indices]]
+
+    def _check_indices(self, indices: np.ndarray) -> np.ndarray:
+        if indices.ndim != 1 or indices.size == 0:
+            raise ValueError(f"indices must be a non-empty 1-D array. Received: shape {indices.shape}")
+        if indices.min() < 0 or indices.max() >= self.info.sample_count:
+            raise ValueError(
+                f"indices must be in [0, {self.info.sample_count}). Received: min {indices.min()}, max {indices.max()}"
+            )
+        return indices
+
+    def read_windows(self, indices: np.ndarray, starts: np.ndarray, frames: int, stride: int = 1,
+                     out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Windows of frames ``starts[i], starts[i] + stride, ...`` (``frames`` of them) of clips
+        ``X[indices[i]]``, and one-hot labels, rows aligned: a temporal window per clip, each its own start.
+
+        Reads only the window's bytes where the layout allows: ``pread`` (frames are contiguous
+        within a clip) reads one byte range per clip, or with ``stride > 1`` one per frame taken,
+        straight into ``out``; ``hdf5`` reads one hyperslab per clip (HDF5 still decodes whole
+        compressed chunks, e.g. lzf); ``pread+inflate`` must inflate each whole clip (a gzip chunk
+        cannot be read in part) and copies the window out of it. A window of the whole clip is :meth:`read`.
+
+        Args:
+            indices: sample indices in [0, sample_count); sorted indices read fastest.
+            starts: each clip's first frame, ``0 <= start`` and ``start + (frames - 1) * stride < stored frames``.
+            frames, stride: frames per window and the step between them (>= 1).
+            out: receives the windows: C-contiguous, shape (len(indices), frames, channels, rows, cols), the file's dtype.
+        """
+        stored = self.info.clip_shape[0]
+        for name, value in (("frames", frames), ("stride", stride)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+        span = (frames - 1) * stride + 1
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = np.asarray(starts, dtype=np.int64)
+        if starts.shape != indices.shape:
+            raise ValueError(f"starts must have one entry per index. Received: {starts.size} starts, {indices.size} indices")
+        if starts.size and (starts.min() < 0 or starts.max() + span > stored):
+            raise ValueError(f"windows of {frames} frames with stride {stride} must start in [0, {stored - span}] "
+                             f"(clips have {stored} frames). Received: starts from {starts.min()} to {starts.max()}")
+        shape = (indices.size, frames, *self.info.clip_shape[1:])
+        if out is None:
+            out = np.empty(shape, dtype=self.info.dtype)
+        elif out.shape != shape or out.dtype != self.info.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {self.info.dtype} array of shape {shape}. "
+                             f"Received: {out.dtype} {out.shape}")
+        self._check_indices(indices)
+        if frames == stored:  # the whole clip: the batch read, adjacent clips in one request
+            self._read_x(indices, out.reshape(indices.size, *self.info.clip_shape))
+        elif self.method == "pread":
+            self._pread_windows(indices, starts, frames, stride, out)
+        elif self.method == "hdf5":
+            try:
+                for row, (index, start) in enumerate(zip(indices.tolist(), starts.tolist())):
+                    self._x.read_direct(out, np.s_[index, start : start + span : stride], np.s_[row])
+            except OSError as exc:
+                raise DatasetError(f"{self._where()}: dataset 'X' cannot be read (corrupt?): {' '.join(str(exc).split())}") from exc
+        else:  # gzip chunks inflate whole: read the clips, then copy each window out
+            clips = self._read_x(indices, np.empty((indices.size, *self.info.clip_shape), dtype=self.info.dtype))
+            for row, start in enumerate(starts.tolist()):
+                out[row] = clips[row, start : start + span : stride]
+        return out, self._eye[self.labels[indices]]
+
+    def _pread_windows(self, indices, starts, frames, stride, out) -> None:
+        frame_bytes = self.info.clip_bytes // self.info.clip_shape[0]
+        flat = out.view(np.uint8).reshape(-1)
+        window_bytes = frames * frame_bytes
+        clip_offsets = self._file_offsets(indices) + starts * frame_bytes
+        if stride == 1:  # (output byte, file byte, bytes): one contiguous range per clip
+            pieces = [(row * window_bytes, int(offset), window_bytes) for row, offset in enumerate(clip_offsets.tolist())]
+        else:  # one range per frame taken: never read the frames skipped
+            pieces = [(row * window_bytes + t * frame_bytes, int(offset) + t * stride * frame_bytes, frame_bytes)
+                      for row, offset in enumerate(clip_offsets.tolist()) for t in range(frames)]
+        if self._pool:
+            groups = [pieces[i :: self.threads] for i in range(self.threads)]
+            for done in [self._pool.submit(self._pread_spans, group, flat) for group in groups if group]:
+                done.result()
+        else:
+            self._pread_spans(pieces, flat)
+
+    def _pread_spans(self, pieces, flat) -> None:
+        for begin, offset, size in pieces:
+            self._pread(memoryview(flat[begin : begin + size]), offset)
 
     def _read_x(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
         if self.method == "hdf5":
