@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .augment import Augment
 from .reader import BatchReader
 from .sharding import ShardPlan
 
@@ -52,18 +53,25 @@ class Feeder:
         workers: threads reading batches ahead (default 1; each read also uses the
             reader's own threads).
         depth: batches read ahead (default 2 per worker).
+        augment: the :class:`~distributed_h5.augment.Augment` applied to each training batch,
+            its random choices those of (the plan's seed, the batch's epoch, each sample index);
+            it is applied in the reading thread, after the read (default None: clips as stored).
     """
 
     def __init__(self, plan: ShardPlan, reader: BatchReader, first_epoch: int = 0, start: int = 0, *,
-                 workers: int = 1, depth: int | None = None):
+                 workers: int = 1, depth: int | None = None, augment: Augment | None = None):
         self.plan, self.reader, self.first_epoch, self.start = plan, reader, first_epoch, start
+        self.augment = augment if augment is not None and not augment.identity else None
+        # The shape of the clips fed: the augmented one (checked against the file here, once).
+        self.clip_shape = self.augment.output_shape(reader.info.clip_shape) if self.augment else reader.info.clip_shape
         self.workers = workers
         self.depth = depth or 2 * workers
         self.wait_seconds = 0.0  # time callers spent blocked on the next batch
 
     @classmethod
     def for_sequence(cls, sequence, first_epoch: int = 0, start: int = 0, **kwargs) -> Feeder:
-        """A feeder over a :class:`~distributed_h5.sequence.ShardedSequence`'s plan and reader."""
+        """A feeder over a :class:`~distributed_h5.sequence.ShardedSequence`'s plan, reader and augmentation."""
+        kwargs.setdefault("augment", getattr(sequence, "augment", None))
         return cls(sequence.plan, sequence.reader(), first_epoch, start, **kwargs)
 
     def restart_at(self, first_epoch: int, start: int = 0) -> None:
@@ -75,16 +83,23 @@ class Feeder:
         return len(self.plan.batches(epoch, self.start if epoch == self.first_epoch else 0))
 
     def _indices(self):
+        """``(epoch, batch)`` pairs: the epoch keys the batch's augmentation."""
         for epoch in itertools.count(self.first_epoch):
-            yield from self.plan.batches(epoch, self.start if epoch == self.first_epoch else 0)
+            for batch in self.plan.batches(epoch, self.start if epoch == self.first_epoch else 0):
+                yield epoch, batch
 
     def __iter__(self):
         pending = collections.deque()
         indices = self._indices()
         info = self.reader.info
 
-        def read(batch):  # into a fresh aligned buffer, which TensorFlow takes without a copy
-            return self.reader.read(batch, aligned_empty((batch.size, *info.clip_shape), info.dtype))
+        def read(epoch_batch):  # into a fresh aligned buffer, which TensorFlow takes without a copy
+            epoch, batch = epoch_batch
+            out = aligned_empty((batch.size, *self.clip_shape), info.dtype)
+            if self.augment is None:
+                return self.reader.read(batch, out)
+            # Only the windows are read; scale, crop and flip happen here, in this reading thread.
+            return self.augment.read(self.reader, batch, seed=self.plan.seed, epoch=epoch, training=True, out=out)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="distributed_h5-feed") as pool:
             try:
                 for batch in itertools.islice(indices, self.depth):
@@ -106,7 +121,7 @@ class Feeder:
 
         info = self.reader.info
         batch = self.plan.batch_size
-        signature = (tf.TensorSpec((batch, *info.clip_shape), tf.as_dtype(info.dtype)),
+        signature = (tf.TensorSpec((batch, *self.clip_shape), tf.as_dtype(info.dtype)),
                      tf.TensorSpec((batch, info.classes), tf.float32))
         dataset = tf.data.Dataset.from_generator(self.__iter__, output_signature=signature)
         options = tf.data.Options()

@@ -48,6 +48,8 @@ class ShardedSequence(keras.utils.PyDataset):
         locking: HDF5 file locking (default off).
         allow_unwritten: read X and Y even where their storage was never written (see
             :func:`dataset.validate`; default False).
+        augment: an :class:`~distributed_h5.augment.Augment`: training batches get each sample's
+            view of ``(seed, epoch, index)``, validation batches the centre view (default None).
         workers, use_multiprocessing, max_queue_size: passed to ``keras.utils.PyDataset``.
 
     Example:
@@ -57,7 +59,8 @@ class ShardedSequence(keras.utils.PyDataset):
     """
 
     def __init__(self, path, *, batch_size=32, subset="train", validation_ratio=0.3, seed=0, epoch=0,
-                 rank=None, size=None, remainder="pad", threads=None, locking=False, allow_unwritten=False, **kwargs):
+                 rank=None, size=None, remainder="pad", threads=None, locking=False, allow_unwritten=False,
+                 augment=None, **kwargs):
         super().__init__(**kwargs)
         self.path = os.fspath(path)
         self.rank, self.size = world(rank, size)
@@ -70,6 +73,9 @@ class ShardedSequence(keras.utils.PyDataset):
         self.plan = sharding.ShardPlan(self.info.sample_count, validation_ratio=validation_ratio, seed=seed,
                                        rank=self.rank, size=self.size, batch_size=batch_size, remainder=remainder)
         self._reader, self._reader_pid = None, None
+        self.augment = augment if augment is not None and not augment.identity else None
+        # The clips' shape as read: augmented (a ValueError here if the views do not fit the file's clips).
+        self.clip_shape = self.augment.output_shape(self.info.clip_shape) if self.augment else self.info.clip_shape
         self.set_epoch(epoch)
 
     @property
@@ -97,6 +103,9 @@ class ShardedSequence(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < len(self._batches):
             raise IndexError(f"batch index must be in [0, {len(self._batches)}). Received: {i}")
+        if self.augment is not None:
+            return self.augment.read(self.reader(), self._batches[i], seed=self.seed, epoch=self.epoch,
+                                     training=self.subset == "train")
         return self.reader().read(self._batches[i])
 
     def reader(self) -> BatchReader:
