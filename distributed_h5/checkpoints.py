@@ -76,6 +76,13 @@ class RunConfig:
     precision: str
     engine: str
     version: str
+    # Clip sampling and augmentation (distributed_h5.augment.Augment); not checked on resume:
+    # changing them changes what is trained on, not which samples, and is a legitimate choice.
+    clip_frames: int | None = None
+    frame_stride: int = 1
+    crop: tuple[int, int] | None = None
+    flip: bool = False
+    scale: tuple[int, int] | None = None
 
     def differences(self, other: RunConfig, allowed=()) -> list[str]:
         """``field: old -> new`` for each checked field that differs and is not ``allowed``."""

@@ -166,6 +166,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="resume although this field differs from the checkpoint's (repeatable)")
     train.add_argument("--log-dir", help="training.csv, training.png and TensorBoard logs (default: --checkpoint-dir)")
     train.add_argument("--remainder", choices=("pad", "drop"), default="pad")
+    augment = train.add_argument_group(
+        "clip sampling and augmentation (training: random per (seed, epoch, clip); validation: the centre view)")
+    augment.add_argument("--clip-frames", type=_positive, metavar="T",
+                         help="train on windows of T frames of each stored clip (default: all stored frames)")
+    augment.add_argument("--frame-stride", type=_positive, default=1, metavar="S",
+                         help="take every S-th frame in the window (default 1)")
+    augment.add_argument("--crop", type=_positive, nargs=2, metavar=("H", "W"), help="a random H x W crop")
+    augment.add_argument("--flip", action="store_true", help="flip horizontally with probability 0.5")
+    augment.add_argument("--scale", type=_positive, nargs=2, metavar=("MIN", "MAX"),
+                         help="scale the short side to a random size in [MIN, MAX] before the crop (needs --crop)")
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
     train.add_argument("--allow-unwritten", action="store_true",
                        help="train on a file whose X or Y was never written in places (read as the fill value)")
@@ -336,19 +346,23 @@ def _train(args) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(int(args.tf_threads))
     import keras
 
+    from .augment import Augment
     from .dataset import describe
     from .models import r2plus1d_18, video_classifier
     from .training import train_model
 
     info = describe(args.file, labels=True, clips=True, allow_unwritten=args.allow_unwritten)  # bad labels or unreadable clips: one line, before any model
+    augment = Augment(clip_frames=args.clip_frames, frame_stride=args.frame_stride, crop=args.crop, flip=args.flip,
+                      scale=args.scale)
+    clip_shape = augment.output_shape(info.clip_shape)  # what the model sees; one line if it does not fit
     # The dtype policy must be set before the model is built: layers take it at construction.
     keras.config.set_dtype_policy(args.precision)
     if args.model in ("video", "r2plus1d_18"):
         if args.model == "video":
-            model = video_classifier(info.clip_shape, info.classes, width=args.width or 16, depth=args.depth,
+            model = video_classifier(clip_shape, info.classes, width=args.width or 16, depth=args.depth,
                                      dropout=args.dropout, batchnorm=args.batchnorm, dtype=info.dtype, seed=args.seed)
         else:
-            model = r2plus1d_18(info.clip_shape, info.classes, width=args.width or 64, dropout=args.dropout,
+            model = r2plus1d_18(clip_shape, info.classes, width=args.width or 64, dropout=args.dropout,
                                 dtype=info.dtype, seed=args.seed)
         optimizer = (keras.optimizers.Adam(args.learning_rate) if args.optimizer == "adam"
                      else keras.optimizers.SGD(args.learning_rate, momentum=0.9))
@@ -360,6 +374,7 @@ def _train(args) -> int:
         seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         monitor=None if args.monitor == "none" else args.monitor, log_dir=args.log_dir, remainder=args.remainder,
+        augment=augment,
         threads=args.threads, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
         precision=args.precision, allow_config_change=tuple(args.allow_config_change),
         stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from . import sharding
+from .augment import Augment
 from .dataset import describe
 from .reader import BatchReader
 from .runtime import world
@@ -73,6 +74,8 @@ class ShardedSequence(keras.utils.PyDataset):
         self.plan = sharding.ShardPlan(self.info.sample_count, validation_ratio=validation_ratio, seed=seed,
                                        rank=self.rank, size=self.size, batch_size=batch_size, remainder=remainder)
         self._reader, self._reader_pid = None, None
+        if augment is not None and not isinstance(augment, Augment):
+            raise ValueError(f"augment must be a distributed_h5.augment.Augment or None. Received: {augment!r}")
         self.augment = augment if augment is not None and not augment.identity else None
         # The clips' shape as read: augmented (a ValueError here if the views do not fit the file's clips).
         self.clip_shape = self.augment.output_shape(self.info.clip_shape) if self.augment else self.info.clip_shape

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from . import __version__, checkpoints, collective as collectives, replicas
+from .augment import Augment
 from .callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, EpochTiming, GlobalState, LearningRate,  # noqa: F401
                         NonFiniteLoss, Preempted, StopAfterEpoch, Timeline)
 from .checkpoints import Position, RunConfig
@@ -133,6 +134,7 @@ def train_model(
     monitor: str | None = "val_loss",
     log_dir: str | os.PathLike | None = None,
     remainder: str = "pad",
+    augment: Augment | None = None,
     threads: int | None = None,
     workers: int = 1,
     allow_unwritten: bool = False,
@@ -178,6 +180,11 @@ def train_model(
         log_dir: where rank 0 writes ``training.csv``, ``training.png`` and TensorBoard logs
             (default: ``checkpoint_dir``).
         remainder: ``"pad"`` or ``"drop"`` the last partial global batch (default ``"pad"``).
+        augment: clip sampling and augmentation, an :class:`~distributed_h5.augment.Augment`
+            (``Augment(clip_frames=16, crop=(96, 96), flip=True)``, say): training clips get a view
+            drawn from (seed, epoch, index), validation clips the centre view. Build ``model`` for
+            ``augment.output_shape(describe(path).clip_shape)``. Recorded in checkpoints; a resume
+            may change it (default None: clips as stored).
         threads: reader threads per batch (default: usable cores, at most 4).
         workers: batches read ahead in parallel by the feeder (default 1; 2 batches ahead each).
         allow_unwritten: train on a file whose X or Y storage was never written in places
@@ -222,7 +229,7 @@ def train_model(
     collective = init_engine(engine)
     rank, size = collective.rank, collective.size
     common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
-                  threads=threads, allow_unwritten=allow_unwritten)
+                  threads=threads, allow_unwritten=allow_unwritten, augment=augment)
     train = ShardedSequence(path, subset="train", remainder=remainder, **common)
     validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
     plan = train.plan
@@ -298,7 +305,7 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         fingerprint=checkpoints.fingerprint(path, plan.sample_count) if (rank == 0 and checkpoint_dir) else "",
         path=os.path.abspath(path), file_bytes=info.file_bytes, remainder=plan.remainder,
         batch_size=plan.batch_size, ranks=plan.size, global_batch=plan.global_batch, base_batch=plan.batch_size,
-        precision=precision, engine=collective.name, version=__version__)
+        precision=precision, engine=collective.name, version=__version__, **_augment_fields(train.augment))
     checkpoints.check_config(None, config, allow_config_change)  # validates the field names
     position, base_batch, best = _resume_point(model, collective, checkpoint_dir, config, allow_config_change, resume)
     config = RunConfig(**{**config.__dict__, "base_batch": base_batch})
@@ -312,7 +319,7 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         return keras.callbacks.History()
 
     timeline = Timeline(plan, position)
-    feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers)
+    feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers, augment=train.augment)
 
     def validate(m):
         return evaluate(m, validation, collective)
@@ -375,6 +382,14 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
     if rank == 0 and log_dir is not None:
         _plot(log_dir / "training.csv", log_dir / "training.png")
     return history
+
+
+def _augment_fields(augment: Augment | None) -> dict:
+    """The run configuration's record of the augmentation (JSON-friendly: lists, not tuples)."""
+    augment = augment or Augment()
+    return dict(clip_frames=augment.clip_frames, frame_stride=augment.frame_stride,
+                crop=list(augment.crop) if augment.crop else None, flip=bool(augment.flip),
+                scale=list(augment.scale) if augment.scale else None)
 
 
 def _plot(csv_path: Path, png_path: Path) -> None:
