@@ -62,7 +62,8 @@ class Augment:
     """How training clips are sampled from the stored ones, and their centre view for validation.
 
     Args:
-        clip_frames: frames per clip, T (default None: all stored frames).
+        clip_frames: frames per clip, T (default None: all stored frames, or every
+            ``frame_stride``-th of them).
         frame_stride: take every S-th frame of the window, which spans ``(T - 1) * S + 1``
             stored frames (default 1).
         crop: ``(rows, cols)`` of a crop (default None: the whole frame).
@@ -105,8 +106,8 @@ class Augment:
             and self.scale is None
 
     def frames(self, clip_shape) -> int:
-        """T: frames per augmented clip."""
-        return clip_shape[0] if self.clip_frames is None else self.clip_frames
+        """T: frames per augmented clip (without ``clip_frames``, every ``frame_stride``-th stored frame)."""
+        return (clip_shape[0] - 1) // self.frame_stride + 1 if self.clip_frames is None else self.clip_frames
 
     def span(self, clip_shape) -> int:
         """Stored frames a window covers: ``(T - 1) * stride + 1``."""
