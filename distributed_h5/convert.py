@@ -16,8 +16,13 @@ are scaled and kept, whatever the video's length.
 
 Listing never follows directory symlinks (``all -> .`` would duplicate every video) and
 never skips a folder it cannot read in silence: both are reported with the failed videos,
-and ``--strict`` fails on them. Imports h5py, numpy, tqdm, PyAV and, under an MPI
-launcher, mpi4py; no TensorFlow.
+and ``--strict`` fails on them.
+
+Beside each clip the output records the source video it came from (``groups``, see
+:func:`group_key`), so that a split can keep clips of one source video on one side, and
+with ``split_file`` which side of an official split it is on (``subset``, see
+:func:`read_split_file`). Imports h5py, numpy, tqdm, PyAV and, under an MPI launcher,
+mpi4py; no TensorFlow.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -45,6 +51,13 @@ PART_VIDEOS = 16  # videos per part file: the unit of work and of resume
 FITS = ("crop", "pad")
 SHORT_POLICIES = ("pad", "skip")
 PROGRESS_SECONDS = 0.2  # how often ranks that are done check whether the others are
+SPLIT_SIDES = ("validation", "train")  # which side the videos of a split file are on
+# UCF101 names its clips v_<Class>_g<NN>_c<MM>.avi: the clips of group NN of a class are cut
+# from one long source video (same actor, background, viewpoint), and its official splits
+# keep each group on one side.
+UCF101_NAME = re.compile(r"(?:^|/)v_([^/]+?)_g(\d+)_c\d+\.[^/.]+$")
+GROUP_RULE = ("UCF101-style names v_<Class>_g<NN>_c<MM>.<ext>: one group per (class, NN), the class "
+              "compared case-insensitively; any other name: one group per video file")
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,89 @@ def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> Lis
     index = {name: i for i, name in enumerate(names)}
     return Listing([Video(path, index[label]) for path, label in rows], names,
                    source if source.is_dir() else table.parent, problems)
+
+
+# --- source videos and official splits ----------------------------------------------------
+def group_key(path: str) -> str:
+    """The source video a clip file comes from, as a string key (see :data:`GROUP_RULE`).
+
+    Example:
+        >>> group_key("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c03.avi"), group_key("cats/cat_1.mp4")
+        ('applyeyemakeup/g08', 'cats/cat_1.mp4')
+    """
+    match = UCF101_NAME.search(path.replace("\\", "/"))
+    if match is None:
+        return path
+    return f"{match.group(1).lower()}/g{int(match.group(2)):02d}"
+
+
+def group_ids(paths: list[str]) -> np.ndarray:
+    """One integer per path, equal for paths of one source video: 0, 1, ... in order of first appearance."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(group_key(path), len(ids)) for path in paths], dtype=np.int64)
+
+
+def _split_entry(line: str) -> str:
+    """The video path of a split-file line: ``path`` or ``path label`` (UCF101's trainlist adds a class number)."""
+    parts = line.split()
+    if len(parts) > 1 and parts[-1].lstrip("-").isdigit():
+        parts = parts[:-1]
+    entry = " ".join(parts).replace("\\", "/")
+    return entry[2:] if entry.startswith("./") else entry
+
+
+def read_split_file(split_file: str | os.PathLike, videos: list[Video]) -> np.ndarray:
+    """The positions in ``videos`` of the videos ``split_file`` lists, sorted.
+
+    One video per line, as UCF101's ``testlist01.txt`` and ``trainlist01.txt`` (a trailing
+    class number is ignored); blank lines and ``#`` comments are skipped. An entry matches a
+    video's path relative to SRC exactly, else case-insensitively (UCF101's lists spell some
+    class folders differently from the archive); an entry without ``/`` matches a file name
+    (HMDB51's lists), which must then be unique. Raises ValueError (one line) when the file
+    cannot be read, lists nothing, or lists a video that is not among ``videos``.
+    """
+    try:
+        with open(split_file, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"--split-file {split_file}: cannot be read ({reason})") from exc
+    entries = [(number, _split_entry(line)) for number, line in enumerate(lines, 1)
+               if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        raise ValueError(f"--split-file {split_file}: lists no videos; expected one video path relative to SRC per "
+                         "line (as UCF101's testlist01.txt)")
+    exact = {video.path.replace("\\", "/"): i for i, video in enumerate(videos)}
+    folded: dict[str, list[int]] = {}
+    names: dict[str, list[int]] = {}
+    for path, i in exact.items():
+        folded.setdefault(path.lower(), []).append(i)
+        names.setdefault(path.rsplit("/", 1)[-1], []).append(i)
+    found, missing = set(), []
+    for number, entry in entries:
+        if entry in exact:
+            found.add(exact[entry])
+            continue
+        candidates = names.get(entry, []) if "/" not in entry else folded.get(entry.lower(), [])
+        if len(candidates) == 1:
+            found.add(candidates[0])
+        else:
+            missing.append((number, entry, len(candidates)))
+    if missing:
+        number, entry, count = missing[0]
+        why = f"matches {count} videos" if count > 1 else f"is not among the {len(videos)} videos found"
+        raise ValueError(f"--split-file {split_file}: line {number}: {entry!r} {why}; {len(missing)} of the "
+                         f"{len(entries)} listed entries do not match exactly one video (paths are relative to SRC)")
+    return np.array(sorted(found), dtype=np.int64)
+
+
+def subsets_from_split(listed: np.ndarray, video_count: int, side: str) -> np.ndarray:
+    """Per video: 1 (validation) or 0 (train), the ``listed`` positions on ``side``, the rest on the other."""
+    if side not in SPLIT_SIDES:
+        raise ValueError(f"split_side must be one of {SPLIT_SIDES}. Received: split_side={side!r}")
+    subset = np.zeros(video_count, dtype=np.uint8) if side == "validation" else np.ones(video_count, dtype=np.uint8)
+    subset[listed] = 1 if side == "validation" else 0
+    return subset
 
 
 # --- decoding ------------------------------------------------------------------------------
@@ -278,7 +374,8 @@ def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options
     return failures
 
 
-def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[str], options: dict) -> int:
+def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[str], options: dict,
+          subsets: np.ndarray | None = None, split_note: str = "") -> int:
     """Rank 0: copy the parts, in order, into ``out`` (written as ``out.partial``, then renamed)."""
     index = []
     for part in parts:
@@ -297,7 +394,14 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
                                 chunks=chunks, compression=compression)
         labels = np.array([videos[i].label for i in index])
         file.create_dataset("Y", data=np.eye(len(class_names), dtype=np.uint8)[labels])
-        file.create_dataset("source_paths", data=np.array([videos[i].path for i in index], dtype=h5py.string_dtype()))
+        paths = [videos[i].path for i in index]
+        file.create_dataset("source_paths", data=np.array(paths, dtype=h5py.string_dtype()))
+        groups = file.create_dataset("groups", data=group_ids(paths))
+        groups.attrs["rule"] = GROUP_RULE
+        if subsets is not None:  # 0 train, 1 validation, as the split file says
+            subset = file.create_dataset("subset", data=subsets[index])
+            subset.attrs["values"] = "0 train, 1 validation"
+            subset.attrs["split_file"] = split_note
         start = 0
         counts, rates = [], []
         for part in parts:
@@ -320,12 +424,18 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, size: tuple[int, int],
             classes_from: str = "folders", channels: int = 3, fit: str = "crop", short: str = "pad",
             chunks: str = "clip", compression: str = "none", resume: bool = False,
-            part_videos: int = PART_VIDEOS, progress: bool = True) -> Summary:
+            part_videos: int = PART_VIDEOS, progress: bool = True, split_file: str | os.PathLike | None = None,
+            split_side: str = "validation") -> Summary:
     """Convert the videos under ``source`` into ``out``; run in every process of an MPI job, or alone.
 
     Returns the summary (on rank 0; other ranks get theirs): how many videos were converted,
     which failed and which folders or links were not searched, with the reason. Failed
-    videos never stop the run. ValueError before any work if ``out`` cannot be written.
+    videos never stop the run. ValueError before any work if ``out`` cannot be written or
+    ``split_file`` is bad.
+
+    ``split_file`` (UCF101/HMDB51-style list, see :func:`read_split_file`) puts the videos
+    it lists on ``split_side`` (``"validation"``, the default, for a test list; ``"train"``
+    for a train list) and the others on the other side, recorded as the ``subset`` dataset.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
@@ -335,6 +445,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         raise ValueError(f"chunks must be clip|none and compression none|gzip|lzf. Received: {chunks!r}, {compression!r}")
     if compression != "none" and chunks == "none":
         raise ValueError(f"compression={compression!r} needs chunks='clip'")
+    if split_side not in SPLIT_SIDES:
+        raise ValueError(f"split_side must be one of {SPLIT_SIDES}. Received: split_side={split_side!r}")
     if frames < 1 or min(size) < 1 or part_videos < 1:
         raise ValueError(f"frames, size and part_videos must be >= 1. Received: {frames}, {size}, {part_videos}")
     out = check_output(out)  # on every rank, so each reports the same line before any work
@@ -346,6 +458,14 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
     videos, class_names, root, unlisted = list_videos(source, classes_from)
     if not videos:
         raise ValueError(f"no video files found under {source}")
+    subsets = None
+    if split_file is not None:  # on every rank, so each reports the same line before any work
+        subsets = subsets_from_split(read_split_file(split_file, videos), len(videos), split_side)
+        if subsets.min() == subsets.max():
+            side = "validation" if subsets[0] else "train"
+            raise ValueError(f"--split-file {split_file}: puts all {len(videos)} videos on the {side} side; list the "
+                             f"{'validation' if side == 'train' else 'train'} videos or fewer of them "
+                             "(--split-side says which side the list names)")
     options = dict(frames=frames, size=tuple(size), channels=channels, fit=fit, short=short, chunks=chunks,
                    compression=compression)
     # Parts are only reusable for the same videos and the same clip options.
@@ -408,7 +528,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         for part in parts:
             with h5py.File(part, "r") as file:
                 summary.failed += [tuple(item) for item in json.loads(file.attrs["failures"])]
-        summary.converted = _join(out, parts, videos, class_names, options)
+        summary.converted = _join(out, parts, videos, class_names, options, subsets,
+                                  f"{Path(split_file).name} lists the {split_side} videos" if split_file else "")
         if summary.converted:
             shutil.rmtree(parts_dir)
     if comm is not None:

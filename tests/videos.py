@@ -57,3 +57,18 @@ def make_tree(root: Path) -> dict[str, str]:
     (root / "blue" / "blue_corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     kinds["blue/blue_corrupt.mp4"] = "corrupt"
     return kinds
+
+
+def make_ucf_tree(root: Path, *, groups: int = 3, clips: int = 2, frames: int = 8, height: int = 24,
+                  width: int = 32) -> list[str]:
+    """UCF101's layout and names, Class/v_Class_gNN_cMM.avi, for each class of COLOURS (capitalised):
+    ``groups`` groups of ``clips`` clips each; returns the relative paths, sorted as convert lists them."""
+    paths = []
+    for name, colour in sorted(COLOURS.items()):
+        label = name.capitalize()
+        for group in range(1, groups + 1):
+            for clip in range(1, clips + 1):
+                relative = f"{label}/v_{label}_g{group:02d}_c{clip:02d}.avi"
+                write_video(root / relative, colour, frames, height=height, width=width)
+                paths.append(relative)
+    return paths

@@ -12,7 +12,7 @@ import pytest
 from distributed_h5 import describe
 from distributed_h5.convert import decode, list_videos
 
-from ..videos import COLOURS, frame_image, make_tree
+from ..videos import COLOURS, frame_image, make_tree, make_ucf_tree
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,12 @@ def test_convert_one_process(tree, tmp_path):
             assert np.abs(clip.mean(axis=(0, 2, 3)) - (colour * 7 / 8 + 255 / 8)).max() < 10, path
     inspect = run_cli("inspect", out)
     assert inspect.returncode == 0 and "class counts  blue: 4, green: 5, red: 5" in inspect.stdout
-    assert inspect.stdout.splitlines()[-5:] == [  # what convert records beyond X and Y
+    assert inspect.stdout.splitlines()[-6:] == [  # what convert records beyond X and Y
         "class_names   attribute, 3: blue, green, red",
         "source_paths  dataset (14,) strings, blue/blue_0.mp4 ... red/red_gray.mkv",
         "frame_counts  dataset (14,) int64, min 10, median 30, max 30",
         "frame_rates   dataset (14,) float64, min 24, median 24, max 24",
+        "groups        dataset (14,) int64, 14 source videos",  # names not UCF101's: a group per file
         "generator     attribute, distributed_h5.convert",
     ]
     assert not list(tmp_path.glob("videos.h5.parts-*"))  # parts removed after the join
@@ -265,3 +266,72 @@ def test_without_pyav_convert_says_so_once(tree, tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("distributed-h5 convert: error: convert needs PyAV: pip install av (or `make install`): ")
     assert result.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def ucf(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ucf")
+    return root, make_ucf_tree(root / "UCF", groups=2, clips=2, frames=4, height=12, width=16)
+
+
+def test_groups_follow_ucf101_names_and_split_files_set_the_subset(ucf, tmp_path):
+    root, paths = ucf  # Blue, Green, Red x g01, g02 x c01, c02
+    testlist = root / "testlist.txt"
+    # UCF101's testlist names group 2 of each class; one class folder spelled in another case, as in UCF101.
+    testlist.write_text("Blue/v_Blue_g02_c01.avi\nBlue/v_Blue_g02_c02.avi\n\n# a comment\n"
+                        "green/v_Green_g02_c01.avi\nGreen/v_Green_g02_c02.avi\n"
+                        "Red/v_Red_g02_c01.avi\nRed/v_Red_g02_c02.avi\n")
+    trainlist = root / "trainlist.txt"  # the complement, with UCF101's trailing class numbers
+    trainlist.write_text("".join(f"{p} {1 + i // 4}\n" for i, p in enumerate(paths) if "_g01_" in p))
+    outs = {}
+    for name, args in (("test", ("--split-file", testlist)), ("train", ("--split-file", trainlist, "--split-side", "train"))):
+        outs[name] = tmp_path / f"{name}.h5"
+        result = run_cli("convert", root / "UCF", outs[name], "--frames", 4, "--size", 12, 16, *args)
+        assert result.returncode == 0, result.stderr
+    for out in outs.values():
+        with h5py.File(out, "r") as file:
+            assert [p.decode() for p in file["source_paths"][:]] == paths
+            assert file["groups"][:].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]  # one per (class, gNN)
+            assert file["subset"][:].tolist() == [0, 0, 1, 1] * 3
+            assert file["subset"].attrs["values"] == "0 train, 1 validation"
+    inspect = run_cli("inspect", outs["test"])
+    assert "groups        dataset (12,) int64, 6 source videos" in inspect.stdout
+    assert "subset        dataset (12,) uint8, train 6, validation 6" in inspect.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "lists no videos; expected one video path relative to SRC per line (as UCF101's testlist01.txt)"),
+    ("# only a comment\n\n", "lists no videos; expected one video path relative to SRC per line (as UCF101's "
+                              "testlist01.txt)"),
+    ("Blue/v_Blue_g02_c01.avi\nBlue/v_Blue_g09_c01.avi\nRed/nope.avi 3\n",
+     "line 2: 'Blue/v_Blue_g09_c01.avi' is not among the 12 videos found; 2 of the 3 listed entries do not match "
+     "exactly one video (paths are relative to SRC)"),
+    ("v_Blue_g01_c01.avi\n", ""),  # a bare file name (HMDB51's lists) that matches one video: no error
+])
+def test_bad_split_files_are_one_line(ucf, tmp_path, content, message):
+    root, _ = ucf
+    split_file = tmp_path / "list.txt"
+    split_file.write_text(content)
+    out = tmp_path / "out.h5"
+    result = run_cli("convert", root / "UCF", out, "--frames", 4, "--size", 12, 16, "--split-file", split_file)
+    if not message:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"distributed-h5 convert: error: --split-file {split_file}: {message}\n"
+    assert not out.exists() and not list(tmp_path.glob("out.h5.parts-*"))  # refused before any work
+
+
+def test_a_split_file_that_is_missing_or_lists_everything(ucf, tmp_path):
+    root, paths = ucf
+    missing = run_cli("convert", root / "UCF", tmp_path / "a.h5", "--frames", 4, "--size", 12, 16,
+                      "--split-file", tmp_path / "nope.txt")
+    assert missing.returncode == 2
+    assert missing.stderr == (f"distributed-h5 convert: error: --split-file {tmp_path / 'nope.txt'}: cannot be read "
+                              "(No such file or directory)\n")
+    everything = tmp_path / "all.txt"
+    everything.write_text("\n".join(paths))
+    result = run_cli("convert", root / "UCF", tmp_path / "b.h5", "--frames", 4, "--size", 12, 16,
+                     "--split-file", everything)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "puts all 12 videos on the validation side" in result.stderr
