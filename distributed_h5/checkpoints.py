@@ -46,7 +46,7 @@ PREEMPTED_MARKER = "PREEMPTED"
 LOCK = ".lock"
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
 # Fields that, changed on resume, would silently train on another split or file.
-CHECKED_FIELDS = ("seed", "validation_ratio", "sample_count", "fingerprint")
+CHECKED_FIELDS = ("seed", "validation_ratio", "sample_count", "fingerprint", "split")
 
 
 @dataclass(frozen=True, order=True)
@@ -76,6 +76,7 @@ class RunConfig:
     precision: str
     engine: str
     version: str
+    split: str = "random"  # sharding.SPLITS; records from before splits existed were random
     # Clip sampling and augmentation (distributed_h5.augment.Augment); not checked on resume:
     # changing them changes what is trained on, not which samples, and is a legitimate choice.
     clip_frames: int | None = None

@@ -124,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--part-videos", type=_positive, default=16, help="videos per part file (the unit of resume)")
     convert.add_argument("--strict", action="store_true",
                          help="exit non-zero if any video fails or any folder or link is not searched")
+    convert.add_argument("--split-file", help="a UCF101/HMDB51-style list of video paths relative to SRC (one per "
+                         "line, an optional class number after it): recorded per clip as the 'subset' dataset")
+    convert.add_argument("--split-side", choices=("validation", "train"), default="validation",
+                         help="the side the --split-file videos are on (default validation: a test list); "
+                              "the other videos go to the other side")
 
     checkpoint = commands.add_parser("inspect-checkpoint", help="print what a checkpoint records (position, "
                                      "run configuration, metrics)")
@@ -162,10 +167,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--monitor", default="val_loss",
                        help="metric that picks best.keras: val_loss (min) or val_accuracy (max); 'none' for no best")
     train.add_argument("--allow-config-change", action="append", default=[],
-                       choices=("seed", "validation_ratio", "sample_count", "fingerprint"),
+                       choices=("seed", "validation_ratio", "sample_count", "fingerprint", "split"),
                        help="resume although this field differs from the checkpoint's (repeatable)")
     train.add_argument("--log-dir", help="training.csv, training.png and TensorBoard logs (default: --checkpoint-dir)")
     train.add_argument("--remainder", choices=("pad", "drop"), default="pad")
+    train.add_argument("--split", choices=("random", "groups", "file"),
+                       help="train/validation split: random clips, whole source videos (the file's 'groups'), or "
+                            "the file's 'subset' from convert --split-file (default: groups when the file has them)")
     augment = train.add_argument_group(
         "clip sampling and augmentation (training: random per (seed, epoch, clip); validation: the centre view)")
     augment.add_argument("--clip-frames", type=_positive, metavar="T",
@@ -257,7 +265,8 @@ def _convert(args) -> int:
 
     summary = convert(args.source, args.out, frames=args.frames, size=tuple(args.size), classes_from=args.classes_from,
                       channels=args.channels, fit=args.fit, short=args.short, chunks=args.chunks,
-                      compression=args.compression, resume=args.resume, part_videos=args.part_videos)
+                      compression=args.compression, resume=args.resume, part_videos=args.part_videos,
+                      split_file=args.split_file, split_side=args.split_side)
     if summary.rank == 0:  # one report for the job
         print(report(summary, args.out), flush=True)
     return 0 if summary.converted and not (args.strict and (summary.failed or summary.unlisted)) else 1
@@ -319,6 +328,16 @@ def _provenance(file, rows: int) -> list[str]:
             summary = (f", min {values.min():g}, median {np.median(values):g}, max {values.max():g}"
                        if values.size else "")
             lines.append(f"{name:<13} dataset {file[name].shape} {file[name].dtype}{summary}")
+    from .dataset import read_groups, read_subset  # they check the values: a bad one is one line
+
+    if "groups" in file:
+        groups = read_groups(file, rows)
+        lines.append(f"groups        dataset {file['groups'].shape} {file['groups'].dtype}, "
+                     f"{np.unique(groups).size} source videos")
+    if "subset" in file:
+        counts = np.bincount(read_subset(file, rows), minlength=2)
+        lines.append(f"subset        dataset {file['subset'].shape} {file['subset'].dtype}, "
+                     f"train {counts[0]}, validation {counts[1]}")
     if "generator" in file.attrs:
         lines.append(f"generator     attribute, {text(file.attrs['generator'])}")
     return lines
@@ -374,7 +393,7 @@ def _train(args) -> int:
         seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         monitor=None if args.monitor == "none" else args.monitor, log_dir=args.log_dir, remainder=args.remainder,
-        augment=augment,
+        augment=augment, split=args.split,
         threads=args.threads, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
         precision=args.precision, allow_config_change=tuple(args.allow_config_change),
         stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,

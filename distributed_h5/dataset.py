@@ -5,6 +5,10 @@ The layout:
 * ``X``: a numeric dataset of shape (samples, frames, channels, rows, cols);
 * ``Y``: a dataset of shape (samples, classes) holding one-hot labels;
 * root attribute ``sample_count``: how many leading samples are in use (<= samples).
+* optional ``groups``: one integer >= 0 per row, the source video of the clip (clips of one
+  source video stay on one side of a ``split="groups"`` split);
+* optional ``subset``: one integer per row, 0 train or 1 validation (an official split list,
+  used by ``split="file"``).
 
 Every malformed file raises :class:`DatasetError`, naming the file, the object and what
 was found against what was expected. Files are only ever opened read-only. Imports h5py
@@ -34,6 +38,10 @@ class DatasetError(ValueError):
     """The HDF5 file does not hold a valid video dataset."""
 
 
+SPLITS = ("random", "groups", "file")  # how the train/validation split is made; see :func:`load_split`
+OPTIONAL_INDEX_DATASETS = ("groups", "subset")  # one integer per row of X, checked when present
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What :func:`describe` finds in a valid file."""
@@ -47,6 +55,8 @@ class DatasetInfo:
     chunks: tuple[int, ...] | None
     compression: str | None
     file_bytes: int
+    has_groups: bool = False  # a 'groups' dataset (source video per clip)
+    has_subset: bool = False  # a 'subset' dataset (0 train, 1 validation)
 
     @property
     def clip_bytes(self) -> int:
@@ -253,6 +263,9 @@ def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = 
         )
     if not 1 <= sample_count <= x.shape[0]:
         raise DatasetError(f"{path}: attribute 'sample_count' is {sample_count}, expected an integer in [1, {x.shape[0]}]")
+    for name in OPTIONAL_INDEX_DATASETS:
+        if name in file:
+            _check_index_dataset(file, name, x.shape[0])
     if not allow_unwritten:
         check_storage(file, int(sample_count), locking=locking)
     return DatasetInfo(
@@ -265,6 +278,8 @@ def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = 
         chunks=x.chunks,
         compression=x.compression,
         file_bytes=os.path.getsize(path),
+        has_groups="groups" in file,
+        has_subset="subset" in file,
     )
 
 
@@ -313,3 +328,69 @@ def read_labels(file: h5py.File, sample_count: int) -> np.ndarray:
             f"{bad_count} bad row(s) of the {sample_count} in use: {', '.join(map(str, bad_rows))}{more}"
         )
     return labels
+
+
+def _check_index_dataset(file: h5py.File, name: str, rows: int) -> None:
+    """``groups`` or ``subset``: a 1-D integer dataset with one row per row of X (values are
+    checked when they are read, by :func:`read_groups` and :func:`read_subset`)."""
+    dset = file[name]
+    what = "one source-video id per clip" if name == "groups" else "0 train or 1 validation per clip"
+    if not isinstance(dset, h5py.Dataset):
+        raise DatasetError(f"{file.filename}: '{name}' is a {type(dset).__name__}, expected a dataset ({what})")
+    if dset.shape != (rows,):
+        raise DatasetError(f"{file.filename}: dataset '{name}' has shape {dset.shape}, expected ({rows},): {what}, "
+                           "one per row of X")
+    if dset.dtype.kind not in "iu":
+        raise DatasetError(f"{file.filename}: dataset '{name}' has dtype {dset.dtype}, expected an integer dtype ({what})")
+
+
+def _read_index(file: h5py.File, name: str, sample_count: int) -> np.ndarray:
+    _check_index_dataset(file, name, file["X"].shape[0])
+    try:
+        return file[name][:sample_count].astype(np.int64)
+    except OSError as exc:
+        raise DatasetError(f"{file.filename}: dataset '{name}' cannot be read (corrupt?): {_one_line(exc)}") from exc
+
+
+def _bad_values(file: h5py.File, name: str, values: np.ndarray, bad: np.ndarray, expected: str) -> DatasetError:
+    rows = np.flatnonzero(bad)
+    return DatasetError(f"{file.filename}: row {rows[0]} of '{name}' is {values[rows[0]]}, expected {expected}; "
+                        f"{rows.size} bad row(s) of the {values.size} in use")
+
+
+def read_groups(file: h5py.File, sample_count: int) -> np.ndarray:
+    """The ``groups`` of the first ``sample_count`` rows (int64, each >= 0), or a :class:`DatasetError`."""
+    groups = _read_index(file, "groups", sample_count)
+    if (groups < 0).any():
+        raise _bad_values(file, "groups", groups, groups < 0, "an integer >= 0 (a source-video id)")
+    return groups
+
+
+def read_subset(file: h5py.File, sample_count: int) -> np.ndarray:
+    """The ``subset`` of the first ``sample_count`` rows (uint8, 0 train, 1 validation), or a :class:`DatasetError`."""
+    subset = _read_index(file, "subset", sample_count)
+    bad = (subset != 0) & (subset != 1)
+    if bad.any():
+        raise _bad_values(file, "subset", subset, bad, "0 (train) or 1 (validation)")
+    return subset.astype(np.uint8)
+
+
+def load_split(file: h5py.File, split: str | None, sample_count: int) -> tuple[str, np.ndarray | None]:
+    """``(split, array)``: the split to use and the per-sample array it needs (None for ``"random"``).
+
+    ``split=None`` picks ``"groups"`` when the file has a ``groups`` dataset, else ``"random"``.
+    ``"groups"`` and ``"file"`` need the ``groups`` and ``subset`` datasets; a file without
+    them is a :class:`DatasetError`, an unknown name a ValueError.
+    """
+    if split is None:
+        split = "groups" if "groups" in file else "random"
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None. Received: split={split!r}")
+    if split == "random":
+        return split, None
+    name = "groups" if split == "groups" else "subset"
+    if name not in file:
+        writer = "`distributed-h5 convert` writes it" if split == "groups" else "`distributed-h5 convert --split-file` writes it"
+        raise DatasetError(f"{file.filename}: split={split!r} needs a '{name}' dataset, which this file lacks "
+                           f"({writer}); use split='random'" + (" or 'groups'" if "groups" in file else ""))
+    return split, (read_groups if split == "groups" else read_subset)(file, sample_count)

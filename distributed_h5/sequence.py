@@ -9,7 +9,7 @@ import numpy as np
 
 from . import sharding
 from .augment import Augment
-from .dataset import describe
+from .dataset import describe, load_split, open_file
 from .reader import BatchReader
 from .runtime import world
 
@@ -51,6 +51,8 @@ class ShardedSequence(keras.utils.PyDataset):
             :func:`dataset.validate`; default False).
         augment: an :class:`~distributed_h5.augment.Augment`: training batches get each sample's
             view of ``(seed, epoch, index)``, validation batches the centre view (default None).
+        split: ``"random"``, ``"groups"`` (whole source videos, from the file's ``groups``) or
+            ``"file"`` (the file's ``subset``); default: ``"groups"`` when the file has ``groups``.
         workers, use_multiprocessing, max_queue_size: passed to ``keras.utils.PyDataset``.
 
     Example:
@@ -61,7 +63,7 @@ class ShardedSequence(keras.utils.PyDataset):
 
     def __init__(self, path, *, batch_size=32, subset="train", validation_ratio=0.3, seed=0, epoch=0,
                  rank=None, size=None, remainder="pad", threads=None, locking=False, allow_unwritten=False,
-                 augment=None, **kwargs):
+                 augment=None, split=None, **kwargs):
         super().__init__(**kwargs)
         self.path = os.fspath(path)
         self.rank, self.size = world(rank, size)
@@ -71,8 +73,12 @@ class ShardedSequence(keras.utils.PyDataset):
             raise ValueError(f"subset must be one of {sharding.SUBSETS}. Received: subset={subset!r}")
         self.batch_size, self.subset, self.validation_ratio = batch_size, subset, validation_ratio
         self.seed, self.remainder, self.threads, self.locking = seed, remainder, threads, locking
+        with open_file(self.path, locking=locking) as file:  # the per-sample groups or subset the split needs
+            self.split, per_sample = load_split(file, split, self.info.sample_count)
         self.plan = sharding.ShardPlan(self.info.sample_count, validation_ratio=validation_ratio, seed=seed,
-                                       rank=self.rank, size=self.size, batch_size=batch_size, remainder=remainder)
+                                       rank=self.rank, size=self.size, batch_size=batch_size, remainder=remainder,
+                                       split=self.split, groups=per_sample if self.split == "groups" else None,
+                                       subset=per_sample if self.split == "file" else None)
         self._reader, self._reader_pid = None, None
         if augment is not None and not isinstance(augment, Augment):
             raise ValueError(f"augment must be a distributed_h5.augment.Augment or None. Received: {augment!r}")

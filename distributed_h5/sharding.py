@@ -7,7 +7,10 @@ The rules:
 
 * **Split.** All ``sample_count`` indices are permuted with ``seed``; the first
   ``int((1 - validation_ratio) * sample_count)`` are training, the rest validation.
-  The split never changes between epochs and does not depend on the number of ranks.
+  With ``groups`` (the source video of each clip), whole groups go to one side instead
+  (:func:`split`); with a per-sample ``subset`` (an official split list), it says
+  (:func:`split_from_subset`). The split never changes between epochs and does not depend
+  on the number of ranks.
 * **Training order.** Every epoch permutes the training indices with ``(seed, epoch)``,
   identically on every rank.
 * **Scale-invariant sharding.** Global step ``i`` covers positions ``[i*B, (i+1)*B)``
@@ -26,7 +29,7 @@ The rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
 
@@ -34,6 +37,7 @@ import numpy as np
 
 REMAINDER_POLICIES = ("pad", "drop")
 SUBSETS = ("train", "validation")
+SPLITS = ("random", "groups", "file")
 
 
 class Split(NamedTuple):
@@ -56,19 +60,59 @@ def _check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
 
 
-def split(sample_count: int, validation_ratio: float, seed: int) -> Split:
-    """Split ``range(sample_count)`` into training and validation indices.
+def split(sample_count: int, validation_ratio: float, seed: int, groups: np.ndarray | None = None) -> Split:
+    """Split ``range(sample_count)`` into training and validation indices, deterministic in ``seed``.
+
+    Without ``groups``, a seeded permutation's last ``sample_count - int((1 - validation_ratio)
+    * sample_count)`` indices are validation. With ``groups`` (one integer per sample, equal
+    for clips of one source video), whole groups go to one side, so no source video is
+    seen in both: the distinct groups are permuted with ``seed`` and, in that order, each
+    joins validation if that brings the validation count closer to ``validation_ratio *
+    sample_count``. The count then ends within half the largest group of that target (a
+    group it stopped at was more than twice the gap). Neither depends on the number of ranks.
 
     Example:
         >>> split(10, 0.3, seed=0).train.size, split(10, 0.3, seed=0).validation.size
         (7, 3)
+        >>> split(6, 0.5, seed=0, groups=np.array([0, 0, 1, 1, 2, 2])).validation.tolist()
+        [4, 5]
     """
     _check_positive("sample_count", sample_count)
     if not 0.0 <= validation_ratio < 1.0:
         raise ValueError(f"validation_ratio must be in [0, 1). Received: validation_ratio={validation_ratio!r}")
-    permuted = np.random.default_rng(seed).permutation(sample_count)
-    train_count = int((1 - validation_ratio) * sample_count)
-    return Split(np.sort(permuted[:train_count]), np.sort(permuted[train_count:]))
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        permuted = rng.permutation(sample_count)
+        train_count = int((1 - validation_ratio) * sample_count)
+        return Split(np.sort(permuted[:train_count]), np.sort(permuted[train_count:]))
+    groups = np.asarray(groups)
+    if groups.shape != (sample_count,) or groups.dtype.kind not in "iu":
+        raise ValueError(f"groups must be an integer array of shape ({sample_count},), one group per sample. "
+                         f"Received: shape {groups.shape}, dtype {groups.dtype}")
+    names, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    target = validation_ratio * sample_count
+    chosen = np.zeros(names.size, dtype=bool)
+    count = 0
+    for group in rng.permutation(names.size):
+        if abs(count + sizes[group] - target) < abs(count - target):
+            chosen[group] = True
+            count += int(sizes[group])
+    in_validation = chosen[inverse.reshape(-1)]
+    return Split(np.flatnonzero(~in_validation), np.flatnonzero(in_validation))
+
+
+def split_from_subset(subset: np.ndarray) -> Split:
+    """The split a per-sample ``subset`` array says: 0 train, 1 validation (an official split list).
+
+    Example:
+        >>> split_from_subset(np.array([0, 1, 0, 0, 1])).validation.tolist()
+        [1, 4]
+    """
+    subset = np.asarray(subset)
+    if subset.ndim != 1 or subset.size == 0 or not np.isin(subset, (0, 1)).all():
+        raise ValueError(f"subset must be a non-empty 1-D array of 0 (train) and 1 (validation). Received: "
+                         f"shape {subset.shape}, values {np.unique(subset)[:5].tolist()}")
+    return Split(np.flatnonzero(subset == 0), np.flatnonzero(subset == 1))
 
 
 def epoch_order(train: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -188,13 +232,23 @@ class ShardPlan:
     size: int = 1
     batch_size: int = 32
     remainder: str = "pad"
+    split: str = "random"  # "random", "groups" (needs groups) or "file" (needs subset; validation_ratio unused)
+    groups: np.ndarray | None = field(default=None, compare=False, repr=False)  # per sample: its source video
+    subset: np.ndarray | None = field(default=None, compare=False, repr=False)  # per sample: 0 train, 1 validation
 
     def __post_init__(self):
         check_rank(self.rank, self.size)
         _check_positive("batch_size", self.batch_size)
         if self.remainder not in REMAINDER_POLICIES:
             raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}. Received: remainder={self.remainder!r}")
-        split(self.sample_count, self.validation_ratio, self.seed)  # validates sample_count and the ratio
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}. Received: split={self.split!r}")
+        needed = {"groups": "groups", "file": "subset"}.get(self.split)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"split={self.split!r} needs {needed}, one value per sample. Received: {needed}=None")
+        if self.split == "file" and np.shape(self.subset) != (self.sample_count,):
+            raise ValueError(f"subset must have shape ({self.sample_count},). Received: {np.shape(self.subset)}")
+        self.subsets  # validates sample_count, the ratio and the per-sample array
 
     @property
     def global_batch(self) -> int:
@@ -202,7 +256,10 @@ class ShardPlan:
 
     @cached_property
     def subsets(self) -> Split:
-        return split(self.sample_count, self.validation_ratio, self.seed)
+        if self.split == "file":
+            return split_from_subset(self.subset)
+        return split(self.sample_count, self.validation_ratio, self.seed,
+                     self.groups if self.split == "groups" else None)
 
     @property
     def train_count(self) -> int:
@@ -212,7 +269,8 @@ class ShardPlan:
         """This rank's sorted training batches of ``epoch`` from position ``start`` of its order."""
         if self.train_count == 0:
             raise ValueError(f"the train subset of sample_count={self.sample_count} with validation_ratio="
-                             f"{self.validation_ratio} is empty. Change validation_ratio.")
+                             f"{self.validation_ratio} and split={self.split!r} is empty. Change validation_ratio"
+                             + (" or the split list." if self.split == "file" else "."))
         order = epoch_order(self.subsets.train, self.seed, epoch)
         return list(train_batches(order, rank=self.rank, size=self.size, batch_size=self.batch_size,
                                   remainder=self.remainder, start=start))

@@ -135,6 +135,7 @@ def train_model(
     log_dir: str | os.PathLike | None = None,
     remainder: str = "pad",
     augment: Augment | None = None,
+    split: str | None = None,
     threads: int | None = None,
     workers: int = 1,
     allow_unwritten: bool = False,
@@ -185,6 +186,11 @@ def train_model(
             drawn from (seed, epoch, index), validation clips the centre view. Build ``model`` for
             ``augment.output_shape(describe(path).clip_shape)``. Recorded in checkpoints; a resume
             may change it (default None: clips as stored).
+        split: ``"random"`` (seeded over samples), ``"groups"`` (whole source videos, from the
+            file's ``groups`` dataset; the validation share as close to ``validation_ratio``
+            as whole groups allow) or ``"file"`` (the file's ``subset``, an official split list;
+            ``validation_ratio`` then only turns validation off when 0). Default: ``"groups"``
+            when the file has ``groups``, else ``"random"``. Recorded and checked on resume.
         threads: reader threads per batch (default: usable cores, at most 4).
         workers: batches read ahead in parallel by the feeder (default 1; 2 batches ahead each).
         allow_unwritten: train on a file whose X or Y storage was never written in places
@@ -229,7 +235,7 @@ def train_model(
     collective = init_engine(engine)
     rank, size = collective.rank, collective.size
     common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
-                  threads=threads, allow_unwritten=allow_unwritten, augment=augment)
+                  threads=threads, allow_unwritten=allow_unwritten, augment=augment, split=split)
     train = ShardedSequence(path, subset="train", remainder=remainder, **common)
     validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
     plan = train.plan
@@ -305,7 +311,8 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         fingerprint=checkpoints.fingerprint(path, plan.sample_count) if (rank == 0 and checkpoint_dir) else "",
         path=os.path.abspath(path), file_bytes=info.file_bytes, remainder=plan.remainder,
         batch_size=plan.batch_size, ranks=plan.size, global_batch=plan.global_batch, base_batch=plan.batch_size,
-        precision=precision, engine=collective.name, version=__version__, **_augment_fields(train.augment))
+        precision=precision, engine=collective.name, version=__version__, split=plan.split,
+        **_augment_fields(train.augment))
     checkpoints.check_config(None, config, allow_config_change)  # validates the field names
     position, base_batch, best = _resume_point(model, collective, checkpoint_dir, config, allow_config_change, resume)
     config = RunConfig(**{**config.__dict__, "base_batch": base_batch})

@@ -70,7 +70,7 @@ def test_config_check_names_each_field_old_and_new_and_the_override():
         "--allow-config-change validation_ratio to resume anyway.")
     checkpoints.check_config(config(), config(seed=1), allowed=("seed",))
     with pytest.raises(ValueError, match=r"allow_config_change takes \['seed', 'validation_ratio', 'sample_count', "
-                                         r"'fingerprint'\]. Received: \['batch'\]"):
+                                         r"'fingerprint', 'split'\]. Received: \['batch'\]"):
         checkpoints.check_config(config(), config(), allowed=("batch",))
 
 
