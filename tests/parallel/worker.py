@@ -6,6 +6,7 @@ own facts, and the clip indices of every step it trained: clips carry their own 
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -73,6 +74,7 @@ def build(args, info, init_seed):
     from distributed_h5 import layers
     from distributed_h5.models import r2plus1d_18, video_classifier
 
+    info = dataclasses.replace(info, clip_shape=augmentation(args).output_shape(info.clip_shape))  # what the model sees
     keras.config.set_dtype_policy(args.precision)
     if args.model == "r2plus1d_18":
         return r2plus1d_18(info.clip_shape, info.classes, width=args.width, dtype=info.dtype, seed=init_seed)
@@ -85,6 +87,12 @@ def build(args, info, init_seed):
             layer.get_config()))
         model.set_weights(plain.get_weights())
     return model
+
+
+def augmentation(args):
+    from distributed_h5.augment import Augment
+
+    return Augment(clip_frames=args.clip_frames, frame_stride=args.frame_stride, crop=args.crop, flip=args.flip)
 
 
 def main():
@@ -108,6 +116,10 @@ def main():
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--allow-config-change", action="append", default=[])
     parser.add_argument("--check-every", type=int, default=1)
+    parser.add_argument("--clip-frames", type=int)
+    parser.add_argument("--frame-stride", type=int, default=1)
+    parser.add_argument("--crop", type=int, nargs=2)
+    parser.add_argument("--flip", action="store_true")
     parser.add_argument("--kill", nargs=3, type=int, metavar=("RANK", "EPOCH", "BATCH"))
     parser.add_argument("--usr1", nargs=3, type=int, action="append", default=[], metavar=("RANK", "EPOCH", "BATCH"),
                         help="send SIGUSR1 to RANK at (EPOCH, BATCH) and stop on it")
@@ -138,7 +150,7 @@ def main():
             checkpoint_dir=args.checkpoint_dir, resume=args.resume, verbose=0, callbacks=callbacks,
             stop_signal=signal.SIGUSR1 if args.usr1 else None, check_every=args.check_every,
             sync_batchnorm=args.sync_bn, precision=args.precision,
-            allow_config_change=tuple(args.allow_config_change))
+            allow_config_change=tuple(args.allow_config_change), augment=augmentation(args))
     except Preempted as stopped:
         (args.out / f"rank{rank}.stopped").write_text(json.dumps(
             {"at": [stopped.at.epoch, stopped.at.sample], "trained": TRAINED}))
