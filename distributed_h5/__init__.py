@@ -8,7 +8,8 @@ from .dataset import DatasetError, DatasetInfo, describe
 from .synthetic import make_synthetic
 
 __version__ = "0.1.0"
-__all__ = ["DatasetError", "DatasetInfo", "ShardedSequence", "describe", "make_synthetic", "train_model"]
+__all__ = ["DatasetError", "DatasetInfo", "ShardedSequence", "describe", "evaluate_model", "make_synthetic",
+           "train_model"]
 
 
 def __getattr__(name):
@@ -22,4 +23,8 @@ def __getattr__(name):
         from .training import train_model
 
         return train_model
+    if name == "evaluate_model":
+        from .evaluation import evaluate_model
+
+        return evaluate_model
     raise AttributeError(f"module 'distributed_h5' has no attribute {name!r}")

@@ -195,6 +195,25 @@ def _parser() -> argparse.ArgumentParser:
                        help="steps between the ranks' agreement on stopping (signal, non-finite loss)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
 
+    evaluate = commands.add_parser("evaluate", help="a checkpoint's loss and accuracy on the validation subset "
+                                   "(as training took it; run under horovodrun for several ranks)")
+    predict = commands.add_parser("predict", help="every clip's predicted class into a CSV, and a confusion-matrix "
+                                  "PNG beside it")
+    for sub in (evaluate, predict):
+        sub.add_argument("file")
+        sub.add_argument("--checkpoint", required=True, help="a .keras checkpoint written by train")
+        sub.add_argument("--views", type=_positive, nargs=2, default=(1, 1), metavar=("T", "S"),
+                         help="T temporal windows x S spatial crops per clip, scores averaged (default 1 1: the "
+                              "centre view training validated on)")
+        sub.add_argument("--batch-size", type=_positive, help="clips per batch on each rank (default: the checkpoint's)")
+        sub.add_argument("--threads", type=_positive, help="reader threads per rank")
+        sub.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
+                         help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
+    evaluate.add_argument("--seed", type=int, help="split seed (default: the checkpoint's)")
+    evaluate.add_argument("--validation-ratio", type=_unit, help="(default: the checkpoint's)")
+    evaluate.add_argument("--split", choices=("random", "groups", "file"), help="(default: the checkpoint's)")
+    predict.add_argument("--out", required=True, help="the CSV to write; the PNG goes beside it as OUT-confusion.png")
+
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     benches = bench.add_subparsers(dest="bench", required=True)
     io = benches.add_parser("io", help="read throughput of each method against sequential slab reads")
@@ -403,6 +422,44 @@ def _train(args) -> int:
     return 0
 
 
+def _set_tf_threads(args) -> None:
+    if args.tf_threads:  # before TensorFlow starts its thread pools (see _train)
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(int(args.tf_threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(args.tf_threads))
+
+
+def _evaluate(args) -> int:
+    _quiet_other_ranks()
+    _set_tf_threads(args)
+    from .evaluation import evaluate_model
+
+    result = evaluate_model(args.checkpoint, args.file, batch_size=args.batch_size, validation_ratio=args.validation_ratio,
+                            seed=args.seed, split=args.split, views=tuple(args.views), threads=args.threads)
+    if _rank() == 0:  # one line for the job; every rank holds the same result
+        print(result.line(), flush=True)
+    return 0
+
+
+def _predict(args) -> int:
+    _quiet_other_ranks()
+    from .outputs import check_output
+
+    out = check_output(args.out)  # on every rank, before any work
+    _set_tf_threads(args)
+    from .evaluation import predict_model, write_predictions
+
+    predictions = predict_model(args.checkpoint, args.file, batch_size=args.batch_size, views=tuple(args.views),
+                                threads=args.threads)
+    if _rank() == 0:  # rank 0 alone writes
+        csv_path, png = write_predictions(predictions, out)
+        accuracy = float((predictions.predicted == predictions.labels).mean())
+        print(f"predictions={len(predictions.labels)} accuracy={accuracy!r} views={args.views[0]}x{args.views[1]} "
+              f"csv={csv_path} confusion={png}", flush=True)
+    return 0
+
+
 def _rank() -> int:
     from .runtime import world
 
@@ -565,9 +622,9 @@ def _fail(command: str, exc: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect, "train": _train,
-               "bench": _bench, "doctor": _doctor,
+               "bench": _bench, "doctor": _doctor, "evaluate": _evaluate, "predict": _predict,
                "inspect-checkpoint": _inspect_checkpoint}[args.command]
-    if args.command in ("train", "bench", "doctor"):  # the commands that load TensorFlow: load it quietly, first
+    if args.command in ("train", "bench", "doctor", "evaluate", "predict"):  # the commands that load TensorFlow: quietly, first
         from .quiet import import_tensorflow
 
         try:

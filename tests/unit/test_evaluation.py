@@ -1,0 +1,124 @@
+"""evaluate and predict in one process, on real videos converted with --split-file and trained with the CLI."""
+
+import csv
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from distributed_h5.augment import Augment
+from distributed_h5.reader import BatchReader
+from distributed_h5.synthetic import make_synthetic
+
+from ..videos import make_ucf_tree
+
+TRAIN = ("--epochs", 2, "--batch-size", 4, "--width", 4, "--depth", 2, "--verbose", 0, "--tf-threads", 1)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "distributed_h5.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def fields(line: str) -> dict:
+    return dict(part.split("=", 1) for part in line.split())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """18 real videos (3 classes x 3 groups x 2 clips, 8 frames), group 3 listed as the test side,
+    trained 2 epochs on windows of 4 frames with 12 x 12 crops and flips, split from the list."""
+    root = tmp_path_factory.mktemp("evaluate")
+    paths = make_ucf_tree(root / "UCF", groups=3, clips=2, frames=8, height=24, width=32)
+    (root / "testlist.txt").write_text("".join(f"{p}\n" for p in paths if "_g03_" in p))
+    converted = run_cli("convert", "UCF", "ucf.h5", "--frames", 8, "--size", 16, 20, "--split-file", "testlist.txt",
+                        cwd=root)
+    assert converted.returncode == 0, converted.stderr
+    trained = run_cli("train", "ucf.h5", *TRAIN, "--clip-frames", 4, "--crop", 12, 12, "--flip", "--split", "file",
+                      "--checkpoint-dir", "run", cwd=root)
+    assert trained.returncode == 0, trained.stderr
+    with open(root / "run" / "training.csv", newline="") as handle:
+        final = list(csv.DictReader(handle))[-1]
+    return root, final
+
+
+def test_evaluate_reproduces_the_final_validation_exactly(run):
+    root, final = run
+    result = run_cli("evaluate", "ucf.h5", "--checkpoint", "run/epoch-0002.keras", "--tf-threads", 1, cwd=root)
+    assert result.returncode == 0, result.stderr
+    got = fields(result.stdout.strip())
+    # The same validation clips (the split file's 6), the same centre view, the same batches: the same numbers.
+    assert (got["val_accuracy"], got["val_loss"]) == (final["val_accuracy"], final["val_loss"])
+    assert (got["samples"], got["views"], got["split"], got["seed"], got["batch_size"]) == ("6", "1x1", "file", "0", "4")
+    assert "val_top5_accuracy" not in got  # 3 classes
+
+
+def test_multi_view_evaluation_and_its_settings(run):
+    from distributed_h5.evaluation import evaluate_model
+
+    root, final = run
+    checkpoint = root / "run" / "epoch-0002.keras"
+    one = evaluate_model(checkpoint, root / "ucf.h5")
+    assert one.metrics["val_accuracy"] == float(final["val_accuracy"])
+    many = evaluate_model(checkpoint, root / "ucf.h5", views=(3, 2), batch_size=5)
+    assert many.samples == 6 and many.views == (3, 2) and many.settings["batch_size"] == 5
+    assert set(many.metrics) == {"val_accuracy", "val_loss"}
+    assert np.isfinite(many.metrics["val_loss"]) and many.metrics["val_loss"] != one.metrics["val_loss"]
+    other = evaluate_model(checkpoint, root / "ucf.h5", split="random", validation_ratio=0.5)
+    assert other.samples == 9 and other.settings["split"] == "random"
+
+
+def test_predict_writes_every_clip_with_class_names_and_a_confusion_matrix(run):
+    root, _ = run
+    result = run_cli("predict", "ucf.h5", "--checkpoint", "run/epoch-0002.keras", "--out", "predictions.csv",
+                     "--views", 2, 2, "--tf-threads", 1, cwd=root)
+    assert result.returncode == 0, result.stderr
+    with open(root / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with h5py.File(root / "ucf.h5", "r") as file:
+        paths = [p.decode() for p in file["source_paths"][:]]
+    assert list(rows[0]) == ["index", "source_path", "predicted", "probability", "true"]
+    assert [row["index"] for row in rows] == [str(i) for i in range(18)]
+    assert [row["source_path"] for row in rows] == paths
+    assert [row["true"] for row in rows] == [p.split("/")[0] for p in paths]  # class names, not numbers
+    assert {row["predicted"] for row in rows} <= {"Blue", "Green", "Red"}
+    assert all(1 / 3 <= float(row["probability"]) <= 1 for row in rows)
+    accuracy = np.mean([row["predicted"] == row["true"] for row in rows])
+    assert fields(result.stdout.strip())["accuracy"] == repr(float(accuracy))
+    assert (root / "predictions-confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_views_are_evenly_spread_windows_and_crops(tmp_path):
+    from distributed_h5.evaluation import clip_views
+
+    path = make_synthetic(tmp_path / "v.h5", samples=3, frames=8, channels=1, size=(6, 10), classes=2, progress=False)
+    with h5py.File(path, "r") as file:
+        stored = file["X"][:]
+    augment = Augment(clip_frames=4, crop=(4, 4))
+    with BatchReader(path, threads=1) as reader:
+        x, y = clip_views(reader, np.array([0, 2]), augment, views=(3, 3))
+        centre, _ = clip_views(reader, np.array([0, 2]), augment, views=(1, 1))
+    assert x.shape == (2, 9, 4, 1, 4, 4) and y.shape == (2, 2)
+    # Windows start at 0, 2, 4 of 8 frames; crops at columns 0, 3, 6 of 10, rows centred at 1 of 6.
+    for t, start in enumerate((0, 2, 4)):
+        for s, left in enumerate((0, 3, 6)):
+            np.testing.assert_array_equal(x[:, t * 3 + s], stored[[0, 2], start : start + 4, :, 1:5, left : left + 4])
+    np.testing.assert_array_equal(centre[:, 0], stored[[0, 2], 2:6, :, 1:5, 3:7])  # validation's centre view
+
+
+def test_views_the_model_cannot_take_are_one_line(tmp_path):
+    from distributed_h5.evaluation import clip_views
+
+    path = make_synthetic(tmp_path / "v.h5", samples=2, frames=4, channels=1, size=(6, 6), classes=2, progress=False)
+    with BatchReader(path, threads=1) as reader:
+        with pytest.raises(ValueError, match=r"^views T=3 needs windows shorter than the stored clips, but the model "
+                                             r"takes the whole of them \(train with --clip-frames to make them "
+                                             r"smaller\); use T=1$"):
+            clip_views(reader, np.array([0]), None, views=(3, 1))
+        with pytest.raises(ValueError, match=r"views must be two integers >= 1"):
+            clip_views(reader, np.array([0]), None, views=(0, 1))
+    missing = run_cli("evaluate", path, "--checkpoint", tmp_path / "nope.keras")
+    assert missing.returncode == 2
+    assert missing.stderr == f"distributed-h5 evaluate: error: --checkpoint {tmp_path / 'nope.keras'}: no such file\n"
