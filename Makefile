@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au clean
+.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au bench-models clean
 
 install:
 	bash scripts/install.sh
@@ -43,8 +43,12 @@ bench-scaling: install
 bench-au: install
 	bash scripts/bench-au.sh
 
+# R(2+1)D-18's step time at 16x3x112x112, float32 and mixed_bfloat16, 1 and 2 ranks. About 10 minutes.
+bench-models: install
+	bash scripts/bench-models.sh
+
 # Everything, then docs/BENCHMARKS.md from the results.
-bench: bench-io bench-scaling bench-au
+bench: bench-io bench-scaling bench-au bench-models
 	mkdir -p docs
 	cp bench-results/scaling.png docs/scaling.png
 	cp bench-results/au.png docs/au.png

@@ -70,6 +70,25 @@ def scaling_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def models_table(results: Path) -> str:
+    """R(2+1)D-18 step times from bench-results/models-<precision>.csv (``make bench-models``)."""
+    rows = [row for path in sorted(results.glob("models-*.csv")) for row in csv.DictReader(path.open())]
+    if not rows:
+        return "(no bench-results/models-*.csv: run `make bench-models`)"
+    lines = ["| precision | mode | ranks | batch/rank | step s | compute s | data wait ms | allreduce ms | samples/s | "
+             "efficiency |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['precision']} | {r['mode']} | {r['ranks']} | {r['batch_per_rank']} | "
+                     f"{float(r['step_seconds']):.2f} | {float(r['compute_seconds']):.2f} | "
+                     f"{float(r['data_wait_seconds']) * 1e3:.2f} | {float(r['allreduce_seconds']) * 1e3:.0f} | "
+                     f"{float(r['global_samples_per_second']):.2f} | {float(r['efficiency']):.2f} |")
+    return "\n".join(lines)
+
+
+def models_commands(results: Path) -> str:
+    return "\n".join(path.read_text().strip() for path in sorted(results.glob("models-*.command")))
+
+
 def au_tables(results: Path) -> str:
     """AU per loader against rank count, warm and cold, then every figure of every run."""
     from .au import AU_TARGET, most_ranks_kept, read_csv
@@ -121,6 +140,8 @@ def main(argv=None) -> None:
         scaling_table=scaling_table(results / "scaling.csv"),
         scaling_command=(results / "scaling.command").read_text().strip(),
         au_tables=au_tables(results),
+        models_table=models_table(results),
+        models_commands=models_commands(results),
         au_commands=au_commands(results),
         au_eviction=au_eviction(results),
         projections="\n\n".join(f"```\n{path.read_text().rstrip()}\n```" for path in sorted(results.glob("projection*.txt"))),
