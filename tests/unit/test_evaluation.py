@@ -1,8 +1,10 @@
 """evaluate and predict in one process, on real videos converted with --split-file and trained with the CLI."""
 
 import csv
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -122,3 +124,36 @@ def test_views_the_model_cannot_take_are_one_line(tmp_path):
     missing = run_cli("evaluate", path, "--checkpoint", tmp_path / "nope.keras")
     assert missing.returncode == 2
     assert missing.stderr == f"distributed-h5 evaluate: error: --checkpoint {tmp_path / 'nope.keras'}: no such file\n"
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_block(heading: str) -> list[str]:
+    """The command lines of the first bash block after ``heading`` in the README."""
+    section = README.read_text().split(heading, 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_split_workflow_runs_as_written(tmp_path):
+    paths = make_ucf_tree(tmp_path / "UCF101", groups=4, clips=3, frames=40, height=48, width=64)
+    (tmp_path / "ucfTrainTestlist").mkdir()
+    (tmp_path / "ucfTrainTestlist" / "testlist01.txt").write_text("".join(f"{p}\n" for p in paths if "_g04_" in p))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DH5_TF_THREADS="1")
+    stdout = []
+    for line in readme_block("### Official splits, evaluation and prediction"):
+        result = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
+        stdout.append(result.stdout)
+    assert "converted 36 video(s)" in stdout[1]
+    assert "groups        dataset (36,) int64, 12 source videos" in stdout[2]
+    assert "subset        dataset (36,) uint8, train 27, validation 9" in stdout[2]
+    with open(tmp_path / "runs" / "ucf101" / "training.csv", newline="") as handle:
+        final = list(csv.DictReader(handle))[-1]
+    one, many = fields(stdout[4].strip()), fields(stdout[5].strip())
+    assert (one["val_accuracy"], one["val_loss"], one["views"]) == (final["val_accuracy"], final["val_loss"], "1x1")
+    assert many["views"] == "3x3" and many["samples"] == one["samples"] == "9" and many["split"] == "file"
+    with open(tmp_path / "runs" / "ucf101" / "predictions.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 36
+    assert (tmp_path / "runs" / "ucf101" / "predictions-confusion.png").exists()
