@@ -237,6 +237,9 @@ def _parser() -> argparse.ArgumentParser:
     scaling.add_argument("--launcher", choices=("horovodrun", "srun"), default="horovodrun",
                          help="srun inside a SLURM allocation (slurm/scaling.sbatch)")
     scaling.add_argument("--controller", choices=("gloo", "mpi"), default="gloo", help="Horovod controller for horovodrun")
+    scaling.add_argument("--clip-frames", type=_positive, metavar="T", help="train's --clip-frames (default: all)")
+    scaling.add_argument("--crop", type=_positive, nargs=2, metavar=("H", "W"), help="train's --crop")
+    scaling.add_argument("--flip", action="store_true", help="train's --flip")
     scaling.add_argument("--csv", help="write one row per run here")
     scaling.add_argument("--plot", help="write a PNG of throughput and efficiency against ranks here")
     model = scaling.add_argument_group("projection beyond this machine (docs/BENCHMARKS.md explains the model)")
@@ -540,6 +543,16 @@ def _bench_au(args) -> int:
     return 0
 
 
+def _augment_args(args) -> tuple:
+    """``bench scaling``'s augmentation flags for its workers, checked against the file here (one line if bad)."""
+    from .augment import Augment
+    from .dataset import describe
+
+    Augment(clip_frames=args.clip_frames, crop=args.crop, flip=args.flip).output_shape(describe(args.file).clip_shape)
+    return ((("--clip-frames", args.clip_frames) if args.clip_frames else ()) + (("--crop", *args.crop) if args.crop else ())
+            + (("--flip",) if args.flip else ()))
+
+
 def _bench(args) -> int:
     if args.bench == "au":
         return _bench_au(args)
@@ -556,7 +569,7 @@ def _bench(args) -> int:
                                          steps=args.steps, warmup=args.warmup, depth=args.depth,
                                          width=args.width or (64 if args.model == "r2plus1d_18" else 16),
                                          launcher=args.launcher, controller=args.controller, model=args.model,
-                                         precision=args.precision)
+                                         precision=args.precision, augment_args=_augment_args(args))
         print(scaling.table(rows), flush=True)
         if args.csv:
             scaling.write_csv(rows, args.csv)

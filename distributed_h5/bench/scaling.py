@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -76,10 +77,14 @@ def worker(args) -> None:
     from ..models import r2plus1d_18, video_classifier
     from ..sequence import ShardedSequence
 
+    from ..augment import Augment
+
     collective = engine.init()
+    augment = Augment(clip_frames=args.clip_frames, crop=args.crop, flip=args.flip)  # train_model's, on the reader side
     sequence = ShardedSequence(args.file, batch_size=args.batch_size, rank=collective.rank, size=collective.size,
-                               validation_ratio=0.0, seed=0)
-    info = sequence.info
+                               validation_ratio=0.0, seed=0, augment=augment)
+    stored = sequence.info
+    info = dataclasses.replace(stored, clip_shape=sequence.clip_shape)  # the model takes the augmented clips
     keras.config.set_dtype_policy(args.precision)
     if args.model == "r2plus1d_18":
         model = r2plus1d_18(info.clip_shape, info.classes, width=args.width, dtype=info.dtype, seed=0)
@@ -120,7 +125,8 @@ def worker(args) -> None:
             "reduce": summed[2] / collective.size,
             "compute": max(0.0, step - summed[1] / collective.size / args.steps - summed[2] / collective.size),
             "gradient_bytes": gradient_bytes,
-            "read_bytes": args.batch_size * info.clip_bytes,
+            # The bytes a step reads: each window's whole frames (crops are cut after the read).
+            "read_bytes": args.batch_size * stored.clip_bytes // stored.clip_shape[0] * augment.span(stored.clip_shape),
         }
         with open(args.out, "w") as handle:
             json.dump(result, handle)
@@ -162,14 +168,15 @@ def launch_command(ranks: int, launcher: str, controller: str = "gloo") -> list[
 
 
 def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup: int, width: int, depth: int,
-              launcher: str, controller: str = "gloo", model: str = "video", precision: str = "float32") -> dict:
+              launcher: str, controller: str = "gloo", model: str = "video", precision: str = "float32",
+              augment_args: tuple = ()) -> dict:
     """Launch ``ranks`` workers and return rank 0's measurements."""
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "result.json")
         command = [*launch_command(ranks, launcher, controller), sys.executable, "-m", "distributed_h5.bench.scaling", "--worker",
                    file, "--batch-size", str(batch_per_rank), "--steps", str(steps), "--warmup", str(warmup),
                    "--width", str(width), "--depth", str(depth), "--model", model, "--precision", precision,
-                   "--out", out]
+                   *map(str, augment_args), "--out", out]
         env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE", TF_CPP_MIN_LOG_LEVEL="3")
         # One TensorFlow thread per rank unless told otherwise: every rank count then runs each
         # rank alike, so the efficiency measures scaling, not a change in threading.
@@ -185,8 +192,9 @@ def run_point(file: str, ranks: int, batch_per_rank: int, *, steps: int, warmup:
 def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_batch: int | None = None,
                   steps: int = 30, warmup: int = 5, width: int = 16, depth: int = 3,
                   launcher: str = "horovodrun", controller: str = "gloo", model: str = "video",
-                  precision: str = "float32") -> list[Row]:
-    """Weak- and strong-scaling rows for each rank count (1 is always measured, as the base)."""
+                  precision: str = "float32", augment_args: tuple = ()) -> list[Row]:
+    """Weak- and strong-scaling rows for each rank count (1 is always measured, as the base).
+    ``augment_args``: the workers' ``--clip-frames T --crop H W --flip``, as ``train`` takes them."""
     from .io import warm
 
     if warmup < 1:  # the timed part starts after a warm-up step, when every rank has traced its step
@@ -202,7 +210,8 @@ def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_ba
                 raise ValueError(f"global_batch={global_batch} does not divide by {count} ranks; pick another --global-batch")
             per_rank = batch_size if mode == "weak" else global_batch // count
             point = run_point(file, count, per_rank, steps=steps, warmup=warmup, width=width, depth=depth,
-                              launcher=launcher, controller=controller, model=model, precision=precision)
+                              launcher=launcher, controller=controller, model=model, precision=precision,
+                              augment_args=augment_args)
             throughput = count * per_rank * point["steps"] / point["elapsed"]
             base = throughput if count == 1 else base
             step = point["elapsed"] / point["steps"]
@@ -276,6 +285,9 @@ def main(argv=None) -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--model", choices=("video", "r2plus1d_18"), default="video")
     parser.add_argument("--precision", default="float32")
+    parser.add_argument("--clip-frames", type=int)
+    parser.add_argument("--crop", type=int, nargs=2)
+    parser.add_argument("--flip", action="store_true")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     worker(args)
