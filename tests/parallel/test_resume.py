@@ -79,8 +79,8 @@ def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(small_file, stra
     assert record["position"] == {"epoch": best, "sample": 0}
     assert sorted(record["config"]) == ["base_batch", "batch_size", "clip_frames", "crop", "engine", "file_bytes",
                                         "fingerprint", "flip", "frame_stride", "global_batch", "path", "precision",
-                                        "ranks", "remainder", "sample_count", "scale", "seed", "validation_ratio",
-                                        "version"]
+                                        "ranks", "remainder", "sample_count", "scale", "seed", "split",
+                                        "validation_ratio", "version"]
 
 
 def test_the_same_global_batch_on_another_rank_count_gives_the_same_weights(small_file, straight, stopped, tmp_path):
