@@ -249,9 +249,9 @@ def evaluate_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: 
         >>> result.metrics["val_accuracy"]
     """
     views = _check_views(views)
+    info = describe(path, allow_unwritten=allow_unwritten)  # a bad file is one line before the model loads
     model, settings, augment = _resolve(model_or_checkpoint, seed=seed, validation_ratio=validation_ratio,
                                         split=split, batch_size=batch_size, augment=augment)
-    info = describe(path, allow_unwritten=allow_unwritten)
     collective = _engine()
     with open_file(path) as file:
         mode, per_sample = load_split(file, settings["split"], info.sample_count)
@@ -313,12 +313,12 @@ def predict_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: i
     Each rank predicts a contiguous share; the shares are combined by summing arrays that are
     zero outside each rank's rows, which is exact. Arguments as for :func:`evaluate_model`.
     """
-    views = _check_views(views)
-    model, settings, augment = _resolve(model_or_checkpoint, seed=None, validation_ratio=None, split=None,
-                                        batch_size=batch_size, augment=augment)
     from .dataset import read_labels
 
-    info = describe(path, allow_unwritten=allow_unwritten)
+    views = _check_views(views)
+    info = describe(path, allow_unwritten=allow_unwritten)  # a bad file is one line before the model loads
+    model, settings, augment = _resolve(model_or_checkpoint, seed=None, validation_ratio=None, split=None,
+                                        batch_size=batch_size, augment=augment)
     with open_file(path) as file:
         labels = read_labels(file, info.sample_count)
         class_names = _class_names(file, info.classes)
