@@ -30,7 +30,7 @@ def test_two_ranks_write_the_same_file_as_one_and_it_trains(tmp_path):
     assert "  blue/blue_corrupt.mp4: cannot be decoded" in two.stdout
     assert "converting on 2 rank(s): 100%" in two.stderr and "15/15" in two.stderr  # rank 0 counts both ranks
     with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
-        for name in ("X", "Y", "source_paths", "frame_counts", "frame_rates"):
+        for name in ("X", "Y", "source_paths", "frame_counts", "frame_rates", "groups"):
             np.testing.assert_array_equal(a[name][:], b[name][:])
         assert a.attrs["sample_count"] == b.attrs["sample_count"] == 14
         assert len(a["source_paths"]) == sum(kind != "corrupt" for kind in kinds.values())

@@ -135,3 +135,20 @@ def test_a_resume_with_another_split_is_refused_like_another_seed():
                                                          r"split to resume anyway"):
         checkpoints.check_config(saved, checkpoints.RunConfig(**fields, split="file"))
     checkpoints.check_config(saved, checkpoints.RunConfig(**fields, split="file"), allowed=("split",))
+
+
+def test_the_sequences_take_the_files_groups_by_default_and_its_subset_when_asked(small):
+    from distributed_h5 import ShardedSequence
+
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    add(small, "groups", groups)
+    add(small, "subset", np.array([1, 0] * 6, dtype=np.uint8))
+    common = dict(batch_size=4, validation_ratio=0.5, seed=1, rank=0, size=1)
+    validation = ShardedSequence(small, subset="validation", **common)
+    assert validation.split == "groups"
+    held_out = np.concatenate(validation.epoch_batches(0))
+    assert held_out.size == 6 and sorted(set(groups[held_out])) == sorted(set(groups) - set(groups[np.concatenate(
+        ShardedSequence(small, subset="train", **common).epoch_batches(0))]))
+    official = ShardedSequence(small, subset="validation", split="file", **common)
+    assert np.concatenate(official.epoch_batches(0)).tolist() == [0, 2, 4, 6, 8, 10]
+    assert ShardedSequence(small, subset="validation", split="random", **common).split == "random"
