@@ -410,6 +410,11 @@ def _train(args) -> int:
         model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     else:
         model = _load_compiled(args.model)
+        expected = getattr(model, "input_shape", None)
+        if isinstance(expected, tuple) and len(expected) == 5 and any(
+                v is not None and v != c for v, c in zip(expected[1:], clip_shape)):
+            raise ValueError(f"--model {args.model} takes clips of shape {tuple(expected[1:])}, but the clips it would "
+                             f"be fed are {clip_shape} (the file's, after --clip-frames/--frame-stride/--crop)")
     history = train_model(
         model, args.file, validation_ratio=args.validation_ratio, batch_size=args.batch_size, epochs=args.epochs,
         seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,

@@ -228,9 +228,20 @@ def test_old_checkpoint_records_load_without_augmentation_fields():
     assert config.differences(changed) == []  # a resume may change the augmentation
 
 
-def test_train_refuses_a_view_that_does_not_fit_in_one_line(files):
+def test_train_refuses_a_view_that_does_not_fit_in_one_line(files, tmp_path):
     done = run_cli("train", files["contiguous"], "--epochs", "1", "--clip-frames", "4", "--frame-stride", "3")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "distributed-h5 train: error: clip_frames=4 with frame_stride=3 spans 10 frames, but the file's clips have 8 "
         "(clip shape (8, 3, 16, 16)); store more frames or ask for fewer"]
+    # A model file built for the stored clips, fed augmented ones.
+    from distributed_h5.models import video_classifier
+
+    model = video_classifier(CLIP, 5, width=4, depth=1)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    model.save(tmp_path / "stored.keras")
+    done = run_cli("train", files["contiguous"], "--model", tmp_path / "stored.keras", "--clip-frames", "4")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"distributed-h5 train: error: --model {tmp_path / 'stored.keras'} takes clips of shape (8, 3, 16, 16), but "
+        "the clips it would be fed are (4, 3, 16, 16) (the file's, after --clip-frames/--frame-stride/--crop)"]
