@@ -9,9 +9,9 @@ exactly. Like training's validation it runs on one process or many: each rank ev
 unpadded validation shard and the metric states (sums and counts) are summed across ranks
 (:func:`replicas.sum_metric_states`), so every rank gets one process's result.
 
-:func:`predict_model` gives every clip's class probabilities the same way (each rank a
-contiguous share, combined by a sum of zero-padded arrays, exact) and rank 0 writes a CSV and
-a confusion-matrix PNG.
+:func:`predict_model` gives every clip's predicted class and its probability the same way
+(each rank a contiguous share, combined by a sum of zero-padded arrays, exact) and rank 0
+writes a CSV and a confusion-matrix PNG.
 
 Views are read on the reader side with :class:`distributed_h5.augment.Augment` (window, scale,
 crop); :func:`clip_views` is the one place that places them.
@@ -281,16 +281,13 @@ def evaluate_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: 
 # --- prediction ----------------------------------------------------------------------------
 @dataclass
 class Predictions:
-    """Every clip's class probabilities, on every rank, and what is known about the clips."""
+    """Every clip's predicted class and its probability, on every rank, and what is known about the clips."""
 
-    probabilities: np.ndarray  # (samples, classes) float32
+    predicted: np.ndarray  # (samples,) class indices: the highest view-averaged score
+    probability: np.ndarray  # (samples,) float32: that score
     labels: np.ndarray  # (samples,) true class indices
     class_names: list[str]
     source_paths: list[str] | None
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
 
     def confusion(self) -> np.ndarray:
         """Counts, rows the true class and columns the predicted one."""
@@ -308,10 +305,12 @@ def _class_names(file, classes: int) -> list[str]:
 def predict_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: int | None = None,
                   views: tuple[int, int] = (1, 1), augment: Augment | None = None, threads: int | None = None,
                   allow_unwritten: bool = False) -> Predictions:
-    """Class probabilities of every clip in use in ``path`` (views averaged), the same on every rank.
+    """The predicted class of every clip in use in ``path`` (views averaged) and its probability,
+    the same on every rank.
 
     Each rank predicts a contiguous share; the shares are combined by summing arrays that are
-    zero outside each rank's rows, which is exact. Arguments as for :func:`evaluate_model`.
+    zero outside each rank's rows, which is exact. Only the top class and its score travel (16
+    bytes a clip, not a row of every class's score). Arguments as for :func:`evaluate_model`.
     """
     from .dataset import read_labels
 
@@ -330,14 +329,16 @@ def predict_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: i
     collective = _engine()
     scorer = _scorer(model, views, info.classes)
     share = np.array_split(np.arange(info.sample_count), collective.size)[collective.rank]
-    probabilities = np.zeros((info.sample_count, info.classes), dtype=np.float64)
+    top = np.zeros((2, info.sample_count), dtype=np.float64)  # the class (exact in float64) and its score
     with BatchReader(path, threads=threads, allow_unwritten=allow_unwritten) as reader:
         for start in range(0, share.size, settings["batch_size"]):
             batch = share[start : start + settings["batch_size"]]
             x, _ = clip_views(reader, batch, augment, views)
-            probabilities[batch] = np.asarray(scorer.predict_on_batch(x), dtype=np.float64)
-    probabilities = collective.sum([probabilities])[0]  # zeros elsewhere: each row is its rank's, exactly
-    return Predictions(probabilities.astype(np.float32), labels, class_names, paths)
+            scores = np.asarray(scorer.predict_on_batch(x))
+            top[0, batch] = scores.argmax(axis=1)
+            top[1, batch] = scores.max(axis=1)
+    top = collective.sum([top])[0]  # zeros outside each rank's rows: the sum is every rank's values, exactly
+    return Predictions(top[0].astype(np.int64), top[1].astype(np.float32), labels, class_names, paths)
 
 
 def write_predictions(predictions: Predictions, out: str | os.PathLike) -> tuple[Path, Path]:
@@ -353,10 +354,10 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike) -> tuple
         writer = csv.writer(handle)
         header = ["index"] + (["source_path"] if predictions.source_paths is not None else [])
         writer.writerow(header + ["predicted", "probability", "true"])
-        for index, (scores, label) in enumerate(zip(predictions.probabilities, predictions.labels)):
-            best = int(scores.argmax())
+        for index, (best, score, label) in enumerate(zip(predictions.predicted, predictions.probability,
+                                                          predictions.labels)):
             path = [predictions.source_paths[index]] if predictions.source_paths is not None else []
-            writer.writerow([index, *path, names[best], f"{scores[best]:.6f}", names[label]])
+            writer.writerow([index, *path, names[best], f"{score:.6f}", names[label]])
     os.replace(partial, out)
     _plot_confusion(predictions.confusion(), names, png)
     return out, png
