@@ -217,7 +217,8 @@ class BatchReader:
             indices: sample indices in [0, sample_count); sorted indices read fastest.
             starts: each clip's first frame, ``0 <= start`` and ``start + (frames - 1) * stride < stored frames``.
             frames, stride: frames per window and the step between them (>= 1).
-            out: receives the windows: C-contiguous, shape (len(indices), frames, channels, rows, cols), the file's dtype.
+            out: receives the windows: C-contiguous, shape (len(indices), frames, channels, rows,
+                cols), the file's dtype.
         """
         stored = self.info.clip_shape[0]
         for name, value in (("frames", frames), ("stride", stride)):
@@ -227,7 +228,8 @@ class BatchReader:
         indices = np.asarray(indices, dtype=np.int64)
         starts = np.asarray(starts, dtype=np.int64)
         if starts.shape != indices.shape:
-            raise ValueError(f"starts must have one entry per index. Received: {starts.size} starts, {indices.size} indices")
+            raise ValueError(f"starts must have one entry per index. "
+                             f"Received: {starts.size} starts, {indices.size} indices")
         if starts.size and (starts.min() < 0 or starts.max() + span > stored):
             raise ValueError(f"windows of {frames} frames with stride {stride} must start in [0, {stored - span}] "
                              f"(clips have {stored} frames). Received: starts from {starts.min()} to {starts.max()}")
@@ -247,7 +249,8 @@ class BatchReader:
                 for row, (index, start) in enumerate(zip(indices.tolist(), starts.tolist())):
                     self._x.read_direct(out, np.s_[index, start : start + span : stride], np.s_[row])
             except OSError as exc:
-                raise DatasetError(f"{self._where()}: dataset 'X' cannot be read (corrupt?): {' '.join(str(exc).split())}") from exc
+                raise DatasetError(f"{self._where()}: dataset 'X' cannot be read (corrupt?): "
+                                   f"{' '.join(str(exc).split())}") from exc
         else:  # gzip chunks inflate whole: read the clips, then copy each window out
             clips = self._read_x(indices, np.empty((indices.size, *self.info.clip_shape), dtype=self.info.dtype))
             for row, start in enumerate(starts.tolist()):
@@ -260,7 +263,8 @@ class BatchReader:
         window_bytes = frames * frame_bytes
         clip_offsets = self._file_offsets(indices) + starts * frame_bytes
         if stride == 1:  # (output byte, file byte, bytes): one contiguous range per clip
-            pieces = [(row * window_bytes, int(offset), window_bytes) for row, offset in enumerate(clip_offsets.tolist())]
+            pieces = [(row * window_bytes, int(offset), window_bytes)
+                      for row, offset in enumerate(clip_offsets.tolist())]
         else:  # one range per frame taken: never read the frames skipped
             pieces = [(row * window_bytes + t * frame_bytes, int(offset) + t * stride * frame_bytes, frame_bytes)
                       for row, offset in enumerate(clip_offsets.tolist()) for t in range(frames)]

@@ -68,7 +68,8 @@ def test_each_view_depends_only_on_seed_epoch_and_index(augment, seed, epoch, in
     for field in views._fields:
         by_index = dict(zip(indices.tolist(), getattr(views, field).tolist()))
         assert [by_index[i] for i in shuffled.tolist()] == getattr(again, field).tolist()
-        alone = [getattr(augment.views([i], CLIP, seed=seed, epoch=epoch, training=True), field)[0] for i in indices[:3]]
+        alone = [getattr(augment.views([i], CLIP, seed=seed, epoch=epoch, training=True), field)[0]
+                 for i in indices[:3]]
         assert alone == getattr(views, field)[:3].tolist()
     span, (rows, cols) = augment.span(CLIP), augment.crop or CLIP[2:]
     assert ((views.start >= 0) & (views.start + span <= CLIP[0])).all()
@@ -223,7 +224,8 @@ def test_old_checkpoint_records_load_without_augmentation_fields():
                              remainder="pad", batch_size=2, ranks=1, global_batch=2, base_batch=2, precision="float32",
                              engine="horovod", version="0")}
     config = checkpoints.record_config(record)
-    assert (config.clip_frames, config.frame_stride, config.crop, config.flip, config.scale) == (None, 1, None, False, None)
+    assert (config.clip_frames, config.frame_stride, config.crop, config.flip, config.scale) == (
+        None, 1, None, False, None)
     changed = dataclasses.replace(config, clip_frames=4, crop=[8, 8], flip=True)
     assert config.differences(changed) == []  # a resume may change the augmentation
 
