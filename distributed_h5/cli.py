@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "run configuration, metrics)")
     checkpoint.add_argument("checkpoint", help="a .keras checkpoint written by train")
 
-    inspect = commands.add_parser("inspect", help="print a dataset's layout, or why it is invalid")
+    inspect = commands.add_parser("inspect", help="print a dataset's layout, or why it is invalid "
+                                  "(of a .keras checkpoint: its record, as inspect-checkpoint does)")
     inspect.add_argument("file")
     inspect.add_argument("--verify", action="store_true",
                          help="read every clip in use, not only a few, to find any corrupt chunk (takes a full read)")
@@ -298,6 +299,9 @@ def _inspect(args) -> int:
     import numpy as np
 
     from .dataset import open_file, probe_indices, read_clips, read_labels, validate
+
+    if args.file.endswith(".keras"):  # a checkpoint: its record, as inspect-checkpoint prints it
+        return _inspect_checkpoint(argparse.Namespace(checkpoint=args.file))
 
     with open_file(args.file) as file:
         info = validate(file)

@@ -161,6 +161,11 @@ def test_resume_with_another_seed_is_refused_in_one_line_unless_allowed(tmp_path
     assert (record["position"], record["config"]["seed"]) == ({"epoch": 2, "sample": 0}, 1)
     described = run_cli("inspect-checkpoint", checkpoint_dir / "epoch-0002.keras")
     assert described.returncode == 0 and "position      epoch 2 complete + 0 samples of the next" in described.stdout
+    assert run_cli("inspect", checkpoint_dir / "epoch-0002.keras").stdout == described.stdout
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    assert run_cli("inspect", broken).stderr.splitlines() == [
+        f"distributed-h5 inspect: error: {broken}: not a readable .keras checkpoint (File is not a zip file)"]
 
 
 def test_a_checkpoint_dir_in_use_or_unwritable_is_one_line(tmp_path, data):
