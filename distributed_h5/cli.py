@@ -52,6 +52,16 @@ def _float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -186,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     augment.add_argument("--scale", type=_positive, nargs=2, metavar=("MIN", "MAX"),
                          help="scale the short side to a random size in [MIN, MAX] before the crop (needs --crop)")
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
+    train.add_argument("--prefetch", type=_non_negative_int, default=0,
+                       help="batches buffered in tf.data: 1 hides the hand-off of each batch into TensorFlow, "
+                       "but data_wait_fraction then only bounds the wait from above (default 0: exact)")
     train.add_argument("--allow-unwritten", action="store_true",
                        help="train on a file whose X or Y was never written in places (read as the fill value)")
     train.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
@@ -266,6 +279,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated loaders (default: all four)")
     au.add_argument("--threads", type=_positive, help="distributed_h5 reader threads (default: train_model's)")
     au.add_argument("--feeder-workers", type=_positive, default=1, help="distributed_h5 Feeder threads (default 1)")
+    au.add_argument("--feeder-prefetch", type=_non_negative_int, default=0,
+                    help="distributed_h5: batches buffered in tf.data (train --prefetch; default 0)")
     au.add_argument("--torch-workers", type=int, default=1, help="torch-dataloader num_workers (default 1)")
     au.add_argument("--csv", help="write one row per loader and rank count here")
     au.add_argument("--plot", help="write a PNG of AU against rank count here")
@@ -425,7 +440,7 @@ def _train(args) -> int:
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         monitor=None if args.monitor == "none" else args.monitor, log_dir=args.log_dir, remainder=args.remainder,
         augment=augment, split=args.split,
-        threads=args.threads, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
+        threads=args.threads, prefetch=args.prefetch, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
         precision=args.precision, allow_config_change=tuple(args.allow_config_change),
         stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,
     )
@@ -540,7 +555,8 @@ def _bench_au(args) -> int:
         print(au.HEADER, flush=True)
         rows = au.bench_au(args.files, ranks, loaders=loaders, compute_ms=args.compute_ms, batch_size=args.batch_size,
                            cold=args.cold, gradient_mb=args.gradient_mb, seconds=args.seconds, threads=args.threads,
-                           feeder_workers=args.feeder_workers, torch_workers=args.torch_workers,
+                           feeder_workers=args.feeder_workers, feeder_prefetch=args.feeder_prefetch,
+                           torch_workers=args.torch_workers,
                            log=lambda text: print(text, flush=True))
     if args.from_csv:
         print(au.table(rows))

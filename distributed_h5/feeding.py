@@ -56,10 +56,21 @@ class Feeder:
         augment: the :class:`~distributed_h5.augment.Augment` applied to each training batch,
             its random choices those of (the plan's seed, the batch's epoch, each sample index);
             it is applied in the reading thread, after the read (default None: clips as stored).
+        prefetch: batches :meth:`dataset` buffers in ``tf.data`` (default 0). With 0 the step's
+            request for a batch is the call the feeder times, so ``wait_seconds`` is exactly
+            the steps' wait; each step then also pays the hand-off into TensorFlow (about
+            1.5 ms for a 9.6 MB batch here). With 1 that hand-off overlaps the previous step
+            (`bench au`: AU >= 0.90 up to 12 emulated accelerators instead of 8, docs/BENCHMARKS.md),
+            but the feeder's thread then waits on the reader even while the step computes, so
+            ``wait_seconds`` bounds the steps' wait from above: near 0 it is still 0, and
+            when input-bound it reads high.
     """
 
     def __init__(self, plan: ShardPlan, reader: BatchReader, first_epoch: int = 0, start: int = 0, *,
-                 workers: int = 1, depth: int | None = None, augment: Augment | None = None):
+                 workers: int = 1, depth: int | None = None, augment: Augment | None = None, prefetch: int = 0):
+        if not isinstance(prefetch, (int, np.integer)) or isinstance(prefetch, bool) or prefetch < 0:
+            raise ValueError(f"prefetch must be an integer >= 0. Received: prefetch={prefetch!r}")
+        self.prefetch = int(prefetch)
         self.plan, self.reader, self.first_epoch, self.start = plan, reader, first_epoch, start
         self.augment = augment if augment is not None and not augment.identity else None
         # The shape of the clips fed: the augmented one (checked against the file here, once).
@@ -115,8 +126,9 @@ class Feeder:
                     future.cancel()
 
     def dataset(self):
-        """A ``tf.data.Dataset`` over this feeder, with no prefetch of its own, so that the
-        train step's request for a batch is the call that the feeder times."""
+        """A ``tf.data.Dataset`` over this feeder, with no prefetch of its own unless
+        ``prefetch`` says (see the class), so that the train step's request for a batch is the
+        call that the feeder times."""
         import tensorflow as tf
 
         info = self.reader.info
@@ -127,4 +139,6 @@ class Feeder:
         options = tf.data.Options()
         options.autotune.enabled = False
         options.experimental_optimization.inject_prefetch = False
+        if self.prefetch:
+            dataset = dataset.prefetch(self.prefetch)
         return dataset.with_options(options)

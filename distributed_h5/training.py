@@ -138,6 +138,7 @@ def train_model(
     split: str | None = None,
     threads: int | None = None,
     workers: int = 1,
+    prefetch: int = 0,
     allow_unwritten: bool = False,
     verbose: int = 1,
     callbacks: list | None = None,
@@ -193,6 +194,9 @@ def train_model(
             when the file has ``groups``, else ``"random"``. Recorded and checked on resume.
         threads: reader threads per batch (default: usable cores, at most 4).
         workers: batches read ahead in parallel by the feeder (default 1; 2 batches ahead each).
+        prefetch: batches buffered in ``tf.data`` between the feeder and the step (default 0:
+            ``data_wait_fraction`` is then exact; 1 hides each batch's hand-off into TensorFlow,
+            and ``data_wait_fraction`` bounds the wait from above; see :class:`~distributed_h5.feeding.Feeder`).
         allow_unwritten: train on a file whose X or Y storage was never written in places
             (they read as the fill value; default False: refused, see :func:`dataset.validate`).
         verbose: Keras progress output on rank 0 (0, 1 or 2).
@@ -258,7 +262,7 @@ def train_model(
             history = _run(model, collective, train, validation, plan, summary, base_rate=base_rate, epochs=epochs,
                            scale_learning_rate=scale_learning_rate, warmup_epochs=warmup_epochs,
                            checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
-                           monitor=monitor, log_dir=log_dir, workers=workers, verbose=verbose,
+                           monitor=monitor, log_dir=log_dir, workers=workers, prefetch=prefetch, verbose=verbose,
                            callbacks=callbacks, stop_signal=stop_signal, check_every=check_every,
                            precision=policy, allow_config_change=tuple(allow_config_change), path=path)
         summary.elapsed_seconds = time.perf_counter() - started
@@ -302,8 +306,8 @@ def _resume_point(model, collective, checkpoint_dir, config: RunConfig, allowed,
 
 
 def _run(model, collective, train, validation, plan, summary, *, base_rate, epochs, scale_learning_rate,
-         warmup_epochs, checkpoint_dir, resume, keep_checkpoints, monitor, log_dir, workers, verbose, callbacks,
-         stop_signal, check_every, precision, allow_config_change, path):
+         warmup_epochs, checkpoint_dir, resume, keep_checkpoints, monitor, log_dir, workers, prefetch, verbose,
+         callbacks, stop_signal, check_every, precision, allow_config_change, path):
     rank = collective.rank
     info = train.info
     config = RunConfig(
@@ -326,7 +330,8 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         return keras.callbacks.History()
 
     timeline = Timeline(plan, position)
-    feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers, augment=train.augment)
+    feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers, prefetch=prefetch,
+                    augment=train.augment)
 
     def validate(m):
         return evaluate(m, validation, collective)

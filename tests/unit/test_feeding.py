@@ -20,6 +20,19 @@ def test_feeder_continues_across_epochs_from_a_mid_epoch_start(files):
     seq.close()
 
 
+def test_a_prefetch_buffer_keeps_the_order_across_epochs(files):
+    """prefetch=1 changes when batches are read, never which: the same batches, epoch after epoch."""
+    import pytest
+
+    seq = ShardedSequence(files["clip-chunks"], batch_size=8, rank=0, size=2, seed=5)
+    expected = [b.tolist() for b in seq.epoch_batches(0) + seq.epoch_batches(1)]
+    feeder = Feeder.for_sequence(seq, prefetch=1)
+    assert [clip_index(x.numpy()).tolist() for x, _ in feeder.dataset().take(len(expected))] == expected
+    with pytest.raises(ValueError, match=r"prefetch must be an integer >= 0. Received: prefetch=-1"):
+        Feeder.for_sequence(seq, prefetch=-1)
+    seq.close()
+
+
 def test_wait_is_the_time_spent_blocked_on_a_slow_read(files, monkeypatch):
     seq = ShardedSequence(files["contiguous"], batch_size=4)
     reader = seq.reader()
@@ -49,3 +62,28 @@ def test_a_resumed_epoch_with_another_global_batch_trains_the_rest_exactly_once(
     assert len(after.batches(2, start=24)) == 8
     assert sorted(trained + rest) == sorted(order + order[:15])
     assert after.batches(2, start=137) == [] and after.samples_after(24, 8) == 137
+
+
+def test_train_with_a_prefetch_buffer_trains_the_same_weights(tmp_path):
+    """train --prefetch 1 reads ahead through tf.data; the steps, their batches and so the
+    weights are those of the default, unbuffered run."""
+    import os
+    import subprocess
+    import sys
+
+    import keras
+    import numpy as np
+
+    from distributed_h5.synthetic import make_synthetic
+
+    data = make_synthetic(tmp_path / "data.h5", samples=40, frames=2, size=(8, 8), classes=2, seed=1, progress=False)
+    weights = []
+    for prefetch in ("0", "1"):
+        out = tmp_path / f"prefetch-{prefetch}"
+        subprocess.run([sys.executable, "-m", "distributed_h5.cli", "train", str(data), "--epochs", "2",
+                        "--batch-size", "4", "--width", "2", "--depth", "1", "--tf-threads", "1", "--optimizer", "sgd",
+                        "--prefetch", prefetch, "--checkpoint-dir", str(out)], check=True, capture_output=True,
+                       env=dict(os.environ), timeout=300)
+        weights.append(keras.models.load_model(out / "epoch-0002.keras").get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
