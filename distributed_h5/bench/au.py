@@ -211,6 +211,7 @@ class Config:
     seed: int = 0
     threads: int | None = None  # distributed_h5: reader threads (None: train_model's default)
     feeder_workers: int = 1  # distributed_h5: Feeder threads (train_model's default)
+    feeder_prefetch: int = 0  # distributed_h5: Feeder.dataset()'s tf.data prefetch (train_model's default, 0)
     torch_workers: int = 1  # torch-dataloader: num_workers (1 beat 2 at 8 ranks on 2 cores)
 
 
@@ -229,8 +230,9 @@ def settings(config: Config) -> str:
     from ..reader import default_threads
 
     return {
-        "distributed_h5": f"Feeder(workers={config.feeder_workers}) over ShardedSequence(threads="
-                          f"{config.threads or default_threads()}), through Feeder.dataset() as train_model",
+        "distributed_h5": f"Feeder(workers={config.feeder_workers}, prefetch={config.feeder_prefetch}) over "
+                          f"ShardedSequence(threads={config.threads or default_threads()}), through Feeder.dataset() "
+                          "as train_model",
         "torch-dataloader": f"DataLoader(num_workers={config.torch_workers}, prefetch_factor=2, pin_memory=False), "
                             "one h5py read per clip, labels loaded once per worker",
         "tfdata": "from_generator, one h5py read per clip into the batch, prefetch(AUTOTUNE)",
@@ -248,7 +250,7 @@ def open_loader(config: Config, rank: int, size: int):
 
         sequence = ShardedSequence(config.file, batch_size=config.batch_size, validation_ratio=0.0, seed=config.seed,
                                    rank=rank, size=size, threads=config.threads)
-        feeder = Feeder.for_sequence(sequence, workers=config.feeder_workers)
+        feeder = Feeder.for_sequence(sequence, workers=config.feeder_workers, prefetch=config.feeder_prefetch)
         return feeder.dataset(), feeder.steps(0), info.clip_bytes, sequence.close
     if config.loader == "torch-dataloader":
         return _torch_loader(config, batches), len(batches), info.clip_bytes, lambda: None
@@ -419,8 +421,8 @@ def check_loaders(loaders: Sequence[str]) -> None:
 
 def bench_au(files: Sequence[str], ranks: Sequence[int], *, loaders: Sequence[str] = LOADERS,
              compute_ms: float = 30.0, batch_size: int = 16, cold: bool = False, gradient_mb: float = 0.0,
-             seconds: float = 5.0, threads: int | None = None, feeder_workers: int = 1, torch_workers: int = 1,
-             log: Callable[[str], None] = print) -> list[Row]:
+             seconds: float = 5.0, threads: int | None = None, feeder_workers: int = 1, feeder_prefetch: int = 0,
+             torch_workers: int = 1, log: Callable[[str], None] = print) -> list[Row]:
     """One row per (file, loader, rank count); the page cache warmed (or, ``cold``, emptied) before each run."""
     from .io import warm
 
@@ -435,7 +437,7 @@ def bench_au(files: Sequence[str], ranks: Sequence[int], *, loaders: Sequence[st
                 log("warning: eviction did not slow the read: the cold figures may be served from memory")
         for loader in loaders:
             config = Config(file, loader, batch_size, compute_ms, seconds, gradient_mb=gradient_mb, threads=threads,
-                            feeder_workers=feeder_workers, torch_workers=torch_workers)
+                            feeder_workers=feeder_workers, feeder_prefetch=feeder_prefetch, torch_workers=torch_workers)
             for count in ranks:
                 evict(file) if cold else warm(file)
                 times, clip_bytes = run_point(config, count)

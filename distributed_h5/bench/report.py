@@ -117,6 +117,27 @@ def au_tables(results: Path) -> str:
     return "\n".join(lines)
 
 
+def au_beyond(results: Path) -> str:
+    """AU at 8, 10 and 12 emulated accelerators, warm: the peers, and distributed_h5 with --feeder-prefetch 1."""
+    from .au import AU_TARGET, read_csv
+
+    runs = [(name, label) for name, label in (("au-beyond-default.csv", ""), ("au-beyond-prefetch.csv", ", prefetch 1"))
+            if (results / name).exists()]
+    if not runs:
+        return "(no bench-results/au-beyond-*.csv: run `make bench-au`)"
+    rows = [(row.loader + label, row) for name, label in runs for row in read_csv(str(results / name))]
+    ranks = sorted({row.ranks for _, row in rows})
+    lines = ["| loader | " + " | ".join(f"AU at {p}" for p in ranks) + f" | most ranks at AU ≥ {AU_TARGET:.2f} |",
+             "| --- | " + " | ".join("---:" for _ in ranks) + " | ---: |"]
+    for loader in dict.fromkeys(name for name, _ in rows):
+        by_ranks = {row.ranks: row for name, row in rows if name == loader}
+        kept = max([p for p, row in by_ranks.items() if row.au >= AU_TARGET], default=0)
+        lines.append(f"| {loader} | " + " | ".join(f"{by_ranks[p].au:.3f}" if p in by_ranks else "" for p in ranks)
+                     + f" | {kept} |")
+    command = results / "au-beyond.command"
+    return ("```\n" + command.read_text().strip() + "\n```\n\n" if command.exists() else "") + "\n".join(lines)
+
+
 def au_commands(results: Path) -> str:
     return "\n".join((results / f"au-{cache}.command").read_text().strip() for cache in ("warm", "cold")
                      if (results / f"au-{cache}.command").exists())
@@ -140,6 +161,7 @@ def main(argv=None) -> None:
         scaling_table=scaling_table(results / "scaling.csv"),
         scaling_command=(results / "scaling.command").read_text().strip(),
         au_tables=au_tables(results),
+        au_beyond=au_beyond(results),
         models_table=models_table(results),
         models_commands=models_commands(results),
         au_commands=au_commands(results),
