@@ -14,7 +14,9 @@ import signal
 import sys
 import time
 
+from .checkpoints import CHECKED_FIELDS, EXIT_PREEMPTED
 from .dataset import DatasetError
+from .sharding import SPLITS
 
 EXIT_USAGE = 2
 
@@ -52,24 +54,23 @@ def _float(text: str) -> float:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+_positive = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _checks(text: str) -> list[str]:
@@ -178,11 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--monitor", default="val_loss",
                        help="metric that picks best.keras: val_loss (min) or val_accuracy (max); 'none' for no best")
     train.add_argument("--allow-config-change", action="append", default=[],
-                       choices=("seed", "validation_ratio", "sample_count", "fingerprint", "split"),
+                       choices=CHECKED_FIELDS,
                        help="resume although this field differs from the checkpoint's (repeatable)")
     train.add_argument("--log-dir", help="training.csv, training.png and TensorBoard logs (default: --checkpoint-dir)")
     train.add_argument("--remainder", choices=("pad", "drop"), default="pad")
-    train.add_argument("--split", choices=("random", "groups", "file"),
+    train.add_argument("--split", choices=SPLITS,
                        help="train/validation split: random clips, whole source videos (the file's 'groups'), or "
                             "the file's 'subset' from convert --split-file (default: groups when the file has them)")
     augment = train.add_argument_group(
@@ -225,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
     evaluate.add_argument("--seed", type=int, help="split seed (default: the checkpoint's)")
     evaluate.add_argument("--validation-ratio", type=_unit, help="(default: the checkpoint's)")
-    evaluate.add_argument("--split", choices=("random", "groups", "file"), help="(default: the checkpoint's)")
+    evaluate.add_argument("--split", choices=SPLITS, help="(default: the checkpoint's)")
     predict.add_argument("--out", required=True, help="the CSV to write; the PNG goes beside it as OUT-confusion.png")
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -679,9 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # an unreadable input or unwritable output the checks could not foresee
         return _fail(args.command, exc)
     except RuntimeError as exc:  # Horovod missing, a locked or unwritable checkpoint dir, a non-finite loss,
-        from .checkpoints import EXIT_PREEMPTED  # or callbacks.Preempted (exit status 75: run again with --resume)
-
-        status = getattr(exc, "exit_status", 1)
+        status = getattr(exc, "exit_status", 1)  # or callbacks.Preempted (75: run again with --resume)
         if status == EXIT_PREEMPTED:
             print(f"distributed-h5 {args.command}: {_one_line(exc)}", file=sys.stderr)
             return status

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from .sharding import SPLITS
+
 LABEL_BLOCK = 65536  # rows of Y validated per read, so label loading needs bounded memory
 PROBE_CLIPS = 8  # clips read at open (first, last and spread between) to catch unreadable data early
 BAD_ROWS_SHOWN = 5  # bad label rows named in the error
@@ -38,7 +40,6 @@ class DatasetError(ValueError):
     """The HDF5 file does not hold a valid video dataset."""
 
 
-SPLITS = ("random", "groups", "file")  # how the train/validation split is made; see :func:`load_split`
 OPTIONAL_INDEX_DATASETS = ("groups", "subset")  # one integer per row of X, checked when present
 
 
@@ -390,7 +391,7 @@ def load_split(file: h5py.File, split: str | None, sample_count: int) -> tuple[s
         return split, None
     name = "groups" if split == "groups" else "subset"
     if name not in file:
-        writer = "`distributed-h5 convert` writes it" if split == "groups" else "`distributed-h5 convert --split-file` writes it"
+        writer = "`distributed-h5 convert" + (" --split-file" if split == "file" else "") + "` writes it"
         raise DatasetError(f"{file.filename}: split={split!r} needs a '{name}' dataset, which this file lacks "
                            f"({writer}); use split='random'" + (" or 'groups'" if "groups" in file else ""))
     return split, (read_groups if split == "groups" else read_subset)(file, sample_count)
