@@ -8,8 +8,8 @@ from .dataset import DatasetError, DatasetInfo, describe
 from .synthetic import make_synthetic
 
 __version__ = "0.1.0"
-__all__ = ["DatasetError", "DatasetInfo", "ShardedSequence", "describe", "evaluate_model", "make_synthetic",
-           "train_model"]
+__all__ = ["DatasetError", "DatasetInfo", "ShardedSequence", "describe", "evaluate_model", "init_engine",
+           "make_synthetic", "train_model"]
 
 
 def __getattr__(name):
@@ -19,10 +19,10 @@ def __getattr__(name):
         from .sequence import ShardedSequence
 
         return ShardedSequence
-    if name == "train_model":
-        from .training import train_model
+    if name in ("train_model", "init_engine"):
+        from . import training
 
-        return train_model
+        return getattr(training, name)
     if name == "evaluate_model":
         from .evaluation import evaluate_model
 

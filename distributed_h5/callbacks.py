@@ -9,6 +9,7 @@ one check that needs the device (stop signal and non-finite loss) runs every ``e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -206,8 +207,9 @@ class Checkpointer(keras.callbacks.Callback):
     ``best.keras`` when ``monitor`` improved. Reads the global logs, so it runs after
     :class:`GlobalState`."""
 
-    def __init__(self, directory: Path, keep: int, config, monitor: str | None, best: dict | None):
+    def __init__(self, directory: Path, keep: int, config, monitor: str | None, best: dict | None, local=None):
         super().__init__()
+        self.local = local  # a context manager giving the model to save (a process-local copy); default: the model
         self.directory, self.keep, self.config, self.monitor = Path(directory), keep, config, monitor
         self.best = best  # {"epoch": E, monitor: value, ...} of the best so far (restored on resume)
         self.mode = "max" if monitor and ("acc" in monitor or monitor.endswith("auc")) else "min"
@@ -220,12 +222,16 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        with self.local() if self.local is not None else contextlib.nullcontext(self.model) as model:
+            self._save(model, epoch, logs)
+
+    def _save(self, model, epoch, logs):
         if self.monitor and self.monitor in logs and math.isfinite(logs[self.monitor]) and self.improved(
                 logs[self.monitor]):
             self.best = {"epoch": epoch + 1, **logs}
-            checkpoints.save(self.model, self.directory / checkpoints.BEST, Position(epoch + 1), self.config,
+            checkpoints.save(model, self.directory / checkpoints.BEST, Position(epoch + 1), self.config,
                              metrics=logs, best=self.best, monitor=self.monitor)
-        path = checkpoints.save(self.model, self.directory / checkpoints.name_for(Position(epoch + 1)),
+        path = checkpoints.save(model, self.directory / checkpoints.name_for(Position(epoch + 1)),
                                 Position(epoch + 1), self.config, metrics=logs, best=self.best, monitor=self.monitor)
         self.paths.append(path)
         checkpoints.prune(self.directory, self.keep)

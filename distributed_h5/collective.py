@@ -2,7 +2,9 @@
 
 ``train_model``, the callbacks and the checkpoints talk to the other ranks only through a
 :class:`Collective`. An engine implements it: :class:`distributed_h5.horovod.HorovodCollective`
-(TensorFlow backend). :class:`Single` is the one-process case, and tests use it (or a fake
+(TensorFlow backend) and :class:`distributed_h5.jaxengine.JaxCollective` (JAX backend, whose
+compiled step already computes over the global batch: ``global_step = True``, so its in-graph
+calls are the identity). :class:`Single` is the one-process case, and tests use it (or a fake
 of their own) to check the glue without launching ranks.
 
 Two kinds of calls:

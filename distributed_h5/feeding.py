@@ -125,6 +125,13 @@ class Feeder:
                 for future in pending:
                     future.cancel()
 
+    def source(self):
+        """What ``fit`` reads on Keras' backend: :meth:`dataset` on TensorFlow; elsewhere
+        (JAX) this feeder's own iterator, so that backend needs no TensorFlow."""
+        import keras
+
+        return self.dataset() if keras.backend.backend() == "tensorflow" else iter(self)
+
     def dataset(self):
         """A ``tf.data.Dataset`` over this feeder, with no prefetch of its own unless
         ``prefetch`` says (see the class), so that the train step's request for a batch is the

@@ -6,7 +6,11 @@
 * :func:`average_moving_state` averages what each rank's forward pass updates on its own
   (BatchNormalization's moving mean and variance), so validation, checkpoints and the
   returned model are the same on every rank;
-* :func:`sum_metric_states` makes metrics global (sums and counts across ranks).
+* :func:`sum_metric_states` makes metrics global (sums and counts across ranks);
+* :class:`HostModel` is the model as one process alone may load, save and evaluate it.
+
+An engine whose compiled step already computes over the global batch (the JAX engine,
+``collective.global_step``) needs neither the gradient hook nor the moving-state averaging.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ def distributed(model, collective):
     optimizer = model.optimizer
     if optimizer is None:
         raise ValueError("the model must be compiled with an optimizer. Received: model.optimizer=None")
+    if getattr(collective, "global_step", False):
+        # XLA already averages over the global batch; the step needs the distribution set.
+        # It stays set after the block: the model's variables are laid out over every process.
+        import keras
+
+        keras.distribution.set_distribution(collective.distribution)
+        yield model
+        return
     if "apply_gradients" in vars(optimizer):
         raise RuntimeError("the model's optimizer is already distributed (nested train_model?)")
     own_apply = optimizer.apply_gradients
@@ -87,7 +99,7 @@ def average_moving_state(model, collective) -> int:
     variables were averaged. The mean of the ranks' moving averages is the moving average
     one process would hold had it seen all ranks' batch statistics."""
     variables = moving_state(model)
-    if collective.size == 1 or not variables:
+    if collective.size == 1 or not variables or getattr(collective, "global_step", False):
         return len(variables)
     means = collective.mean([np.asarray(v.numpy(), dtype=np.float64) for v in variables])
     for variable, mean in zip(variables, means):
@@ -108,3 +120,74 @@ def sum_metric_states(model, collective) -> None:
     totals = collective.sum([np.asarray(v.numpy()) for v in variables])
     for variable, total in zip(variables, totals):
         variable.assign(total)
+
+
+class HostModel:
+    """The model as this process alone may use it: rank 0 loads and saves checkpoints, each
+    rank evaluates its own validation shard.
+
+    With an engine whose replicas are per-process models (Horovod) that is the model itself.
+    With one whose variables are distributed over every process's devices (JAX), writing a
+    variable is a collective, so this is a process-local twin (same architecture, compile
+    configuration and optimizer), refreshed from the replicated values when asked for.
+    """
+
+    def __init__(self, model, collective):
+        self.model, self.collective = model, collective
+        self.twin = None
+        if getattr(collective, "global_step", False):
+            import keras
+
+            with _distribution(None):  # the twin's variables stay on this process
+                self.twin = keras.models.clone_model(model)
+                self.twin.compile_from_config(model.get_compile_config())
+                self.twin.optimizer.build(self.twin.trainable_variables)
+            model.optimizer.build(model.trainable_variables)
+            if len(_state(self.twin)) != len(_state(model)):
+                raise RuntimeError(f"cannot make a process-local copy of {model.name!r}: keras.models.clone_model "
+                                   f"gave {len(_state(self.twin))} variables for {len(_state(model))}")
+            self._refresh()  # so that share() without a checkpoint load shares the model's own state
+
+    @contextlib.contextmanager
+    def local(self):
+        """Within the block: the process-local model, holding the current weights and
+        optimizer state (and, for a twin, no distribution set, so that what it builds, such
+        as its compiled metrics, stays on this process too)."""
+        if self.twin is None:
+            yield self.model
+            return
+        self._refresh()
+        with _distribution(None):
+            yield self.twin
+
+    def _refresh(self) -> None:
+        for twin, variable in zip(_state(self.twin), _state(self.model)):
+            twin.assign(np.asarray(variable.value))  # a replicated value: read from this process's copy
+
+    def share(self, root: int = 0) -> None:
+        """Every rank: ``root``'s local model (as :meth:`local` or a checkpoint load left it)
+        becomes every rank's model."""
+        if self.twin is None:
+            broadcast_state(self.model, self.collective, root)
+            return
+        values = self.collective.broadcast_arrays([np.asarray(v.value) for v in _state(self.twin)], root)
+        self.collective.place(_state(self.model), values)
+        # The compiled metrics' state joins the step too: onto the same layout.
+        self.collective.broadcast_variables(list(self.model.metrics_variables), root)
+
+
+@contextlib.contextmanager
+def _distribution(distribution):
+    import keras
+
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(distribution)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def _state(model) -> list:
+    """The model's variables, then its optimizer's, in a fixed order."""
+    return list(model.variables) + list(model.optimizer.variables)

@@ -1,6 +1,7 @@
 """``train_model``: data-parallel training of a compiled Keras model on an HDF5 video file.
 
-Imports Keras; the engine (Horovod, with TensorFlow) is imported when training starts.
+Imports Keras; the engine is imported when training starts: Horovod (with TensorFlow) on
+Keras' TensorFlow backend, JAX (:mod:`distributed_h5.jaxengine`) on its JAX backend.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .layers import synchronized_batchnorm
 from .sequence import ShardedSequence
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-ENGINES = ("horovod",)
+ENGINES = ("horovod", "jax")
+BACKENDS = {"horovod": "tensorflow", "jax": "jax"}  # the Keras backend each engine runs on
 
 
 @dataclass
@@ -85,11 +87,28 @@ def _check_arguments(*, epochs, batch_size, keep_checkpoints, warmup_epochs, che
 
 
 def init_engine(engine: str | None = None):
-    """The collective of ``engine`` (default: the one that fits Keras' backend)."""
+    """Join the job's processes and return the collective of ``engine``.
+
+    ``engine`` is ``"horovod"`` or ``"jax"``; by default, the one that fits Keras' backend
+    (``KERAS_BACKEND``). With JAX, call it before building the model (see
+    :func:`distributed_h5.jaxengine.init`); ``train_model`` calls it too, and a second call
+    returns the same collective.
+    """
     backend = keras.backend.backend()
-    engine = engine or "horovod"
-    if engine == "horovod" and backend != "tensorflow":
-        raise ValueError(f"the horovod engine needs KERAS_BACKEND=tensorflow. Received: Keras backend {backend!r}")
+    if engine is None:
+        engine = {value: key for key, value in BACKENDS.items()}.get(backend)
+        if engine is None:
+            raise ValueError(f"no engine runs on Keras backend {backend!r}: set KERAS_BACKEND to one of "
+                             f"{sorted(BACKENDS.values())} before Keras is imported")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
+    if backend != BACKENDS[engine]:
+        raise ValueError(f"the {engine} engine needs KERAS_BACKEND={BACKENDS[engine]} set before Keras is imported. "
+                         f"Received: Keras backend {backend!r}")
+    if engine == "jax":
+        from . import jaxengine
+
+        return jaxengine.init()
     from . import horovod
 
     return horovod.init()
@@ -211,7 +230,8 @@ def train_model(
             the model's dtype policy and recorded (default: the model's policy).
         allow_config_change: checkpoint fields a resume may change (``seed``,
             ``validation_ratio``, ``sample_count``, ``fingerprint``).
-        engine: ``"horovod"`` (default: the engine that fits Keras' backend).
+        engine: ``"horovod"`` or ``"jax"`` (default: the engine that fits Keras' backend;
+            see :func:`init_engine`). A checkpoint written under one resumes under the other.
 
     Example:
         >>> model = video_classifier((16, 3, 64, 64), classes=4)                 # doctest: +SKIP
@@ -281,9 +301,10 @@ def collectives_broadcast(collective, value):
     return collective.broadcast_object(value) if collective.size > 1 else value
 
 
-def _resume_point(model, collective, checkpoint_dir, config: RunConfig, allowed, resume: bool):
-    """Rank 0 reads the newest intact checkpoint, checks its configuration and loads it;
-    every rank learns ``(position, base_batch, best, error)``."""
+def _resume_point(host: replicas.HostModel, collective, checkpoint_dir, config: RunConfig, allowed, resume: bool):
+    """Rank 0 reads the newest intact checkpoint, checks its configuration and loads it into
+    its local model; every rank learns ``(position, base_batch, best, error)``, and then
+    holds rank 0's weights and optimizer state."""
     decision = (Position(0), config.base_batch, None, None)
     if resume and collective.rank == 0:
         (checkpoint_dir / checkpoints.PREEMPTED_MARKER).unlink(missing_ok=True)
@@ -293,8 +314,9 @@ def _resume_point(model, collective, checkpoint_dir, config: RunConfig, allowed,
             saved = checkpoints.record_config(record)
             try:
                 checkpoints.check_config(saved, config, allowed, where=f"from {newest}")
-                model.optimizer.build(model.trainable_variables)
-                model.load_weights(newest)
+                with host.local() as model:
+                    model.optimizer.build(model.trainable_variables)
+                    model.load_weights(newest)
                 base_batch = saved.base_batch if saved is not None else config.base_batch
                 decision = (position, base_batch, record.get("best"), None)
             except ValueError as exc:
@@ -302,6 +324,7 @@ def _resume_point(model, collective, checkpoint_dir, config: RunConfig, allowed,
     position, base_batch, best, error = collectives_broadcast(collective, decision)
     if error:
         raise checkpoints.ConfigMismatch(error)
+    host.share()
     return position, base_batch, best
 
 
@@ -318,13 +341,13 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         precision=precision, engine=collective.name, version=__version__, split=plan.split,
         **_augment_fields(train.augment))
     checkpoints.check_config(None, config, allow_config_change)  # validates the field names
-    position, base_batch, best = _resume_point(model, collective, checkpoint_dir, config, allow_config_change, resume)
+    host = replicas.HostModel(model, collective)
+    position, base_batch, best = _resume_point(host, collective, checkpoint_dir, config, allow_config_change, resume)
     config = RunConfig(**{**config.__dict__, "base_batch": base_batch})
     if position != Position(0):
         summary.resumed_from = position
     if position.sample >= plan.train_count:
         position = Position(position.epoch + 1)
-    replicas.broadcast_state(model, collective)
     summary.best = best
     if position.epoch >= epochs:
         return keras.callbacks.History()
@@ -334,13 +357,15 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
                     augment=train.augment)
 
     def validate(m):
-        return evaluate(m, validation, collective)
+        with host.local() as local:
+            return evaluate(local, validation, collective)
 
     def stop_checkpoint(at: Position) -> None:
         replicas.average_moving_state(model, collective)
         if rank == 0:  # rank 0 alone writes
-            path_ = checkpoints.save(model, checkpoint_dir / checkpoints.name_for(at), at, config,
-                                     best=checkpointer.best if checkpointer else best, monitor=monitor)
+            with host.local() as local:
+                path_ = checkpoints.save(local, checkpoint_dir / checkpoints.name_for(at), at, config,
+                                         best=checkpointer.best if checkpointer else best, monitor=monitor)
             summary.checkpoints.append(str(path_))
             (checkpoint_dir / checkpoints.PREEMPTED_MARKER).write_text(f"{at.epoch} {at.sample}\n")
         # A barrier, so no rank exits (and no launcher kills rank 0) before the checkpoint is on disk.
@@ -360,7 +385,7 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
     run_callbacks.append(GlobalState(collective, validate if validation is not None else None))
     if rank == 0:  # rank 0 alone writes: the others hold identical weights and the same global logs
         if checkpoint_dir is not None:
-            checkpointer = Checkpointer(checkpoint_dir, keep_checkpoints, config, monitor, best)
+            checkpointer = Checkpointer(checkpoint_dir, keep_checkpoints, config, monitor, best, host.local)
             run_callbacks.append(checkpointer)
         if log_dir is not None:
             csv_path = log_dir / "training.csv"
@@ -372,7 +397,7 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
 
     def fit(first_epoch: int, only_one: bool = False) -> keras.callbacks.History:
         # shuffle=False: the order is already shuffled by (seed, epoch), identically on every rank.
-        return model.fit(feeder.dataset(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+        return model.fit(feeder.source(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
                          steps_per_epoch=feeder.steps(first_epoch),
                          callbacks=run_callbacks + ([StopAfterEpoch()] if only_one else []),
                          verbose=verbose if rank == 0 else 0)
