@@ -196,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     augment.add_argument("--flip", action="store_true", help="flip horizontally with probability 0.5")
     augment.add_argument("--scale", type=_positive, nargs=2, metavar=("MIN", "MAX"),
                          help="scale the short side to a random size in [MIN, MAX] before the crop (needs --crop)")
+    train.add_argument("--engine", choices=("horovod", "jax"), default=os.environ.get("DH5_ENGINE") or None,
+                       help="horovod (Keras on TensorFlow; horovodrun, mpirun, srun) or jax (Keras on JAX; mpirun, "
+                            "srun). Default: $DH5_ENGINE, else the one that fits $KERAS_BACKEND, else horovod")
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
     train.add_argument("--prefetch", type=_non_negative_int, default=0,
                        help="batches buffered in tf.data: 1 hides the hand-off of each batch into TensorFlow, "
@@ -203,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-unwritten", action="store_true",
                        help="train on a file whose X or Y was never written in places (read as the fill value)")
     train.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
-                       help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
+                       help="TensorFlow threads per rank, horovod engine (default: $DH5_TF_THREADS, else TensorFlow's)")
     train.add_argument("--stop-signal", choices=("USR1", "USR2", "TERM"),
                        help="on this signal all ranks stop at one step, rank 0 checkpoints, exit status 75")
     train.add_argument("--check-every", type=_positive, default=8,
@@ -398,7 +401,12 @@ def _quiet_other_ranks() -> None:
 
 def _train(args) -> int:
     _quiet_other_ranks()
-    if args.tf_threads:
+    if args.engine == "jax":
+        # JAX joins the other processes before it computes anything, so before the model exists.
+        from .training import init_engine
+
+        init_engine("jax")
+    elif args.tf_threads:
         # Must happen before TensorFlow starts its thread pools; one thread per rank lets
         # as many ranks as cores share a machine without oversubscribing it.
         import tensorflow as tf
@@ -442,7 +450,7 @@ def _train(args) -> int:
         monitor=None if args.monitor == "none" else args.monitor, log_dir=args.log_dir, remainder=args.remainder,
         augment=augment, split=args.split,
         threads=args.threads, prefetch=args.prefetch, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
-        precision=args.precision, allow_config_change=tuple(args.allow_config_change),
+        precision=args.precision, allow_config_change=tuple(args.allow_config_change), engine=args.engine,
         stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,
     )
     if history.run.ranks == 1 or _rank() == 0:  # one summary for the job, not one per rank
@@ -658,12 +666,36 @@ def _fail(command: str, exc: BaseException) -> int:
     return EXIT_USAGE
 
 
+def _engine_backend(engine: str | None) -> str:
+    """The engine ``train`` runs, with KERAS_BACKEND set to fit it before Keras is imported."""
+    backends = {"horovod": "tensorflow", "jax": "jax"}
+    backend = os.environ.get("KERAS_BACKEND")
+    if engine is None:
+        engine = {"jax": "jax"}.get(backend, "horovod")
+    if engine not in backends:
+        raise ValueError(f"--engine (or DH5_ENGINE) must be one of {sorted(backends)}. Received: {engine!r}")
+    if backend not in (None, "", backends[engine]):
+        raise ValueError(f"--engine {engine} runs Keras on {backends[engine]}, but KERAS_BACKEND={backend}: "
+                         f"unset KERAS_BACKEND or pick the engine that fits it")
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != backends[engine]:
+        raise ValueError(f"--engine {engine} needs Keras on {backends[engine]}, and Keras was already imported "
+                         f"on {sys.modules['keras'].backend.backend()} in this process")
+    os.environ["KERAS_BACKEND"] = backends[engine]
+    return engine
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect, "train": _train,
                "bench": _bench, "doctor": _doctor, "evaluate": _evaluate, "predict": _predict,
                "inspect-checkpoint": _inspect_checkpoint}[args.command]
-    if args.command in ("train", "bench", "doctor", "evaluate", "predict"):  # the commands that load TensorFlow: quietly, first
+    if args.command == "train":
+        try:
+            args.engine = _engine_backend(args.engine)
+        except ValueError as exc:
+            return _fail(args.command, exc)
+    if args.command in ("bench", "doctor", "evaluate", "predict") or (
+            args.command == "train" and args.engine == "horovod"):  # the commands that load TensorFlow: quietly, first
         from .quiet import import_tensorflow
 
         try:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train with Open MPI's mpirun (on a workstation, or inside an allocation).
+# Train with Open MPI's mpirun (on a workstation, or inside an allocation), with either engine:
+# DH5_ENGINE=jax for Keras on JAX, else Horovod.
 #
 #   launch/mpirun.sh [-np N] DATA.h5 [distributed-h5 train args]
 #
@@ -21,6 +22,10 @@ command=(mpirun -np "$ranks" --bind-to none --map-by slot)
 (( $(id -u) == 0 )) && command+=(--allow-run-as-root)
 for variable in DH5_TF_THREADS OMP_NUM_THREADS HDF5_USE_FILE_LOCKING PYTHONUNBUFFERED PATH LD_LIBRARY_PATH; do
     command+=(-x "$variable")
+done
+# The engine (DH5_ENGINE=jax: Keras on JAX) and its settings, where set.
+for variable in DH5_ENGINE KERAS_BACKEND XLA_FLAGS; do
+    [[ -n ${!variable:-} ]] && command+=(-x "$variable")
 done
 command+=(distributed-h5 train "$data" "$@")
 echo "+ ${command[*]}" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real stack into .venv. Idempotent: re-running only does what is missing.
 #
-#   scripts/install.sh          runtime: Open MPI, TensorFlow, Keras 3, h5py, mpi4py, Horovod
+#   scripts/install.sh          runtime: Open MPI, TensorFlow, JAX, Keras 3, h5py, mpi4py, Horovod
 #   scripts/install.sh --test   also what the tests need: pytest, hypothesis, shellcheck,
 #                               and a one-node SLURM (slurmctld, slurmd, munge)
 #
@@ -10,6 +10,8 @@
 #   DH5_CACHE_DIR   where the built Horovod wheel is kept (default: ~/.cache/distributed_h5)
 #   DH5_TF_SPEC     TensorFlow requirement                (default: tensorflow-cpu==2.21.*,
 #                   or tensorflow[and-cuda]==2.21.* when nvidia-smi finds a GPU)
+#   DH5_JAX_SPEC    JAX requirement, for the jax engine   (default: jax==0.10.*,
+#                   or jax[cuda12]==0.10.* when nvidia-smi finds a GPU)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,18 +60,27 @@ if [[ -z ${DH5_TF_SPEC:-} ]]; then
         DH5_TF_SPEC='tensorflow-cpu==2.21.*'
     fi
 fi
+# Both engines in one environment, so switching is one variable (DH5_ENGINE=jax); they share
+# numpy and ml_dtypes, and pip resolves both together.
+if [[ -z ${DH5_JAX_SPEC:-} ]]; then
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+        DH5_JAX_SPEC='jax[cuda12]==0.10.*'
+    else
+        DH5_JAX_SPEC='jax==0.10.*'
+    fi
+fi
 extras=mpi,bench,video
 ((with_test)) && extras+=,test
 # Re-run pip only when the requirements changed: a warm install then costs well under a second.
 # A test install also satisfies a plain one.
 stamp=$venv/.dh5-installed
-key="$DH5_TF_SPEC $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+key="$DH5_TF_SPEC $DH5_JAX_SPEC $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
 want="$key [$extras]"
 have=$(cat "$stamp" 2>/dev/null || true)
 if [[ $have != "$want" && $have != "$key [$extras,test]" ]]; then
-    log "pip install $DH5_TF_SPEC and distributed_h5[$extras]"
+    log "pip install $DH5_TF_SPEC $DH5_JAX_SPEC and distributed_h5[$extras]"
     "$py" -m pip install -q --upgrade pip setuptools wheel
-    "$py" -m pip install -q "$DH5_TF_SPEC" -e "${root}[$extras]"
+    "$py" -m pip install -q "$DH5_TF_SPEC" "$DH5_JAX_SPEC" -e "${root}[$extras]"
     echo "$want" >"$stamp"
 fi
 
