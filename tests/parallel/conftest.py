@@ -40,7 +40,35 @@ def launch(ranks: int, controller: str, *command, timeout: float = 300, check: b
 
 
 def train(ranks: int, controller: str, file, out: Path, *args, **kwargs):
+    if controller == "jax":
+        return launch_jax(ranks, sys.executable, WORKER, file, out, *args, **kwargs)
     return launch(ranks, controller, sys.executable, WORKER, file, out, *args, **kwargs)
+
+
+def jax_env() -> dict:
+    # One XLA CPU thread per process: the processes share this 2-core machine.
+    return dict(horovodrun_env(), KERAS_BACKEND="jax",
+                XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+
+def mpirun(ranks: int) -> list[str]:
+    """Open MPI's mpirun for ``ranks`` processes on this machine, passing the test's environment."""
+    argv = ["mpirun", "-np", str(ranks), "--oversubscribe", "--bind-to", "none"]
+    if os.geteuid() == 0:
+        argv.append("--allow-run-as-root")
+    for variable in ("KERAS_BACKEND", "XLA_FLAGS", "HDF5_USE_FILE_LOCKING", "PYTHONUNBUFFERED", "PATH",
+                     "TF_CPP_MIN_LOG_LEVEL"):
+        argv += ["-x", variable]
+    return argv
+
+
+def launch_jax(ranks: int, *command, timeout: float = 300, check: bool = True):
+    """Run ``command`` on ``ranks`` processes with ``mpirun`` and KERAS_BACKEND=jax (the JAX engine)."""
+    argv = [*mpirun(ranks), *map(str, command)]
+    result = subprocess.run(argv, env=jax_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
 
 
 def weights(out: Path, rank: int) -> list[np.ndarray]:

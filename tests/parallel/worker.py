@@ -1,6 +1,7 @@
 """One rank of a parallel test: train with train_model, then save what the test compares.
 
-Run by tests/parallel/test_training.py under `horovodrun -np N` (Gloo or MPI). Each rank
+Run by the parallel tests under `horovodrun -np N` (Gloo or MPI), or with KERAS_BACKEND=jax
+under `mpirun -np N` (the JAX engine). Each rank
 writes rank<R>.npz (final weights, moving statistics included), rank<R>.json (history, its
 own facts, and the clip indices of every step it trained: clips carry their own index).
 """
@@ -12,16 +13,17 @@ import os
 import signal
 from pathlib import Path
 
-import tensorflow as tf
+if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    import tensorflow as tf
 
-# One TensorFlow thread per rank: two ranks share this 2-core machine.
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
+    # One TensorFlow thread per rank: two ranks share this 2-core machine.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from distributed_h5 import train_model  # noqa: E402
+from distributed_h5 import init_engine, train_model  # noqa: E402
 from distributed_h5.callbacks import NonFiniteLoss, Preempted  # noqa: E402
 from distributed_h5.feeding import Feeder  # noqa: E402
 from distributed_h5.synthetic import clip_index  # noqa: E402
@@ -125,10 +127,8 @@ def main():
                         help="send SIGUSR1 to RANK at (EPOCH, BATCH) and stop on it")
     args = parser.parse_args()
 
-    import horovod.tensorflow as hvd
-
-    hvd.init()
-    rank = hvd.rank()
+    collective = init_engine()  # before the model: JAX joins the other processes before it computes
+    rank = collective.rank
     init_seed = rank if args.init_seed == "rank" else int(args.init_seed)
     keras.utils.set_random_seed(init_seed)
     from distributed_h5.dataset import describe
@@ -142,7 +142,7 @@ def main():
     callbacks += [SignalAt(signal.SIGUSR1, epoch, batch) for who, epoch, batch in args.usr1 if who == rank]
     record_trained_clips()
     args.out.mkdir(parents=True, exist_ok=True)
-    facts = {"size": hvd.size()}
+    facts = {"size": collective.size, "engine": collective.name}
     try:
         history = train_model(
             model, args.file, batch_size=args.batch_size, epochs=args.epochs, validation_ratio=args.validation_ratio,

@@ -1,8 +1,10 @@
 """The sbatch templates and launch scripts on one node of the test cluster, and through shellcheck."""
 
 import csv
+import json
 import re
 import subprocess
+import zipfile
 
 import pytest
 
@@ -60,3 +62,19 @@ def test_mpirun_launch_inside_an_allocation(cluster, data, tmp_path):
     assert result.returncode == 0, log[-5000:]
     assert "+ mpirun -np 2 --bind-to none --map-by slot --allow-run-as-root" in log
     assert re.search(r"^summary: ranks=2 epochs=1 ", log, re.M), log[-3000:]
+
+
+def test_train_sbatch_with_the_jax_engine(cluster, data, tmp_path, monkeypatch):
+    """DH5_ENGINE=jax slurm/train.sbatch: srun starts the processes, JAX finds them from
+    SLURM's variables, and the checkpoint records the engine."""
+    monkeypatch.setenv("DH5_ROOT", str(ROOT))
+    monkeypatch.setenv("DH5_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("DH5_ENGINE", "jax")
+    result = sbatch(cluster, "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--output=job-%j.out",
+                    ROOT / "slurm" / "train.sbatch", data, "--epochs", 1, "--batch-size", 8, "--width", 4, "--depth", 1,
+                    cwd=tmp_path)
+    log = (tmp_path / f"job-{result.stdout.strip()}.out").read_text()
+    assert result.returncode == 0, log[-5000:]
+    assert re.search(r"^summary: ranks=2 epochs=1 ", log, re.M), log[-3000:]
+    record = json.loads(zipfile.ZipFile(tmp_path / "run" / "checkpoints" / "epoch-0001.keras").read("distributed_h5.json"))
+    assert (record["config"]["engine"], record["config"]["ranks"]) == ("jax", 2)

@@ -71,6 +71,31 @@ def test_usage_mistakes_are_one_line_with_status_2(args, line):
     assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
 
 
+@pytest.mark.parametrize("env, args, line", [
+    ({"KERAS_BACKEND": "tensorflow"}, ["--engine", "jax"],
+     "--engine jax runs Keras on jax, but KERAS_BACKEND=tensorflow: unset KERAS_BACKEND or pick the engine that fits it"),
+    ({"KERAS_BACKEND": "jax"}, ["--engine", "horovod"],
+     "--engine horovod runs Keras on tensorflow, but KERAS_BACKEND=jax: unset KERAS_BACKEND or pick the engine that "
+     "fits it"),
+    ({"DH5_ENGINE": "mxnet"}, [], "--engine (or DH5_ENGINE) must be one of ['horovod', 'jax']. Received: 'mxnet'"),
+])
+def test_an_engine_that_does_not_fit_the_backend_is_one_line(tmp_path, env, args, line):
+    result = run_cli("train", tmp_path / "f.h5", *args, env=env)
+    assert (result.returncode, result.stderr) == (2, f"distributed-h5 train: error: {line}\n")
+
+
+def test_jax_engine_trains_in_one_process(tmp_path):
+    """`--engine jax` alone (no launcher): Keras on JAX, one process, no TensorFlow in the step."""
+    from distributed_h5 import make_synthetic
+
+    path = make_synthetic(tmp_path / "d.h5", samples=24, frames=2, channels=1, size=(8, 8), classes=2, progress=False)
+    result = run_cli("train", path, "--engine", "jax", "--epochs", 1, "--batch-size", 4, "--width", 2, "--depth", 1,
+                     "--verbose", 0, env={"DH5_ENGINE": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = result.stdout.splitlines()[-1]
+    assert summary.startswith("summary: ranks=1 epochs=1 accuracy=") and "val_loss=" in summary, result.stdout
+
+
 def test_missing_input_file_is_one_line(tmp_path):
     result = run_cli("inspect", tmp_path / "nope.h5")
     assert (result.returncode, result.stderr) == (2, f"distributed-h5 inspect: error: {tmp_path}/nope.h5: no such file\n")

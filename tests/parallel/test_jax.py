@@ -1,0 +1,119 @@
+"""The JAX engine: Keras 3 on JAX across processes under `mpirun`, with the guarantees of the
+Horovod engine (same shards and order, identical replicas, exact validation, mid-epoch stop
+and resume), and checkpoints that resume under either engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import jax_env, report, train, weights
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMON = ("--batch-size", 4, "--scale-lr", "--epochs", 3)
+
+
+@pytest.mark.parametrize("model", ["plain", "bn"])
+def test_two_processes_match_one_with_twice_the_batch(tmp_path, small_file, model):
+    """2 processes x 4 from different initialisations end with identical replicas equal to
+    1 process x 8; validation (shards of 16 and 15 clips) is one process's on all 31. With
+    BatchNorm the statistics are the global batch's, as SyncBN gives under Horovod."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    train(2, "jax", small_file, two, "--batch-size", 4, "--init-seed", "rank", "--model", model)
+    train(1, "jax", small_file, one, "--batch-size", 8, "--model", model)
+    assert (report(two, 0)["engine"], report(two, 0)["size"], report(one, 0)["size"]) == ("jax", 2, 1)
+    for a, b in zip(weights(two, 0), weights(two, 1)):
+        np.testing.assert_array_equal(a, b)
+    assert len(weights(two, 0)) == len(weights(one, 0)) == {"plain": 10, "bn": 22}[model]
+    for a, b in zip(weights(two, 0), weights(one, 0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    history = {r: report(two, r)["history"] for r in (0, 1)}
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history[0][key] == history[1][key]
+        np.testing.assert_allclose(history[0][key], report(one, 0)["history"][key], rtol=1e-5)
+    # 72 training clips (70 and 2 of padding) in 9 global batches, each step on each process.
+    assert [len(report(two, r)["trained"]) for r in (0, 1)] == [18, 18]
+
+
+@pytest.fixture(scope="module")
+def jax_straight(small_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("jax-straight")
+    train(2, "jax", small_file, out, *COMMON)
+    return out
+
+
+def stop(controller: str, small_file, root: Path):
+    """2 ranks x 4 under ``controller``; SIGUSR1 to rank 0 before batch 3 and to rank 1 before
+    batch 6 of epoch 1: both stop after batch 3, and rank 0 checkpoints at sample 32."""
+    result = train(2, controller, small_file, root / "out", *COMMON, "--checkpoint-dir", root / "checkpoints",
+                   "--usr1", 0, 1, 3, "--usr1", 1, 1, 6, check=False)
+    assert result.returncode != 0
+    assert [json.loads((root / "out" / f"rank{r}.stopped").read_text())["at"] for r in (0, 1)] == [[1, 32]] * 2
+    assert (root / "checkpoints" / "PREEMPTED").read_text() == "1 32\n"
+    assert (root / "checkpoints" / "epoch-0001-sample-000000032.keras").is_file()
+    return root / "checkpoints"
+
+
+def resume(controller: str, ranks: int, batch: int, small_file, checkpoints: Path, tmp_path: Path):
+    copy = tmp_path / f"checkpoints-{controller}-{ranks}"
+    shutil.copytree(checkpoints, copy)
+    out = tmp_path / f"resumed-{controller}-{ranks}"
+    train(ranks, controller, small_file, out, "--batch-size", batch, "--scale-lr", "--epochs", 3,
+          "--checkpoint-dir", copy, "--resume")
+    assert report(out, 0)["epochs"] == [1, 2]
+    assert "resumed_from=epoch:1,sample:32" in report(out, 0)["summary"]
+    return out
+
+
+def test_stop_and_resume_on_jax_and_on_horovod(small_file, jax_straight, tmp_path):
+    """A JAX run stopped mid-epoch resumes on 1 JAX process x 8 and on 2 Horovod ranks x 4,
+    each ending with the weights of the uninterrupted JAX run."""
+    checkpoints = stop("jax", small_file, tmp_path / "stopped")
+    for controller, ranks, batch in (("jax", 1, 8), ("gloo", 2, 4)):
+        resumed = resume(controller, ranks, batch, small_file, checkpoints, tmp_path)
+        for a, b in zip(weights(resumed, 0), weights(jax_straight, 0)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_horovod_checkpoint_resumes_on_jax(small_file, tmp_path):
+    """The reverse: a Horovod run stopped mid-epoch resumes on 2 JAX processes and ends with the
+    weights of the uninterrupted Horovod run (TensorFlow and JAX draw different initial weights
+    from one seed, so the reference is the Horovod run)."""
+    straight = tmp_path / "straight"
+    train(2, "gloo", small_file, straight, *COMMON)
+    checkpoints = stop("gloo", small_file, tmp_path / "stopped")
+    resumed = resume("jax", 2, 4, small_file, checkpoints, tmp_path)
+    assert report(resumed, 0)["engine"] == "jax"
+    for a, b in zip(weights(resumed, 0), weights(straight, 0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_process_ends_the_job(small_file, tmp_path):
+    result = train(2, "jax", small_file, tmp_path, *COMMON, "--kill", 1, 1, 2, check=False, timeout=120)
+    assert result.returncode != 0
+    assert "exited on signal 9" in result.stdout + result.stderr
+    assert not list(tmp_path.glob("rank*.json"))
+
+
+def test_cli_with_launch_mpirun(small_file, tmp_path):
+    """DH5_ENGINE=jax launch/mpirun.sh: the README's command, one summary line for the job."""
+    env = dict(jax_env(), DH5_ENGINE="jax")
+    del env["KERAS_BACKEND"]  # the CLI sets it from the engine
+    result = subprocess.run(
+        ["bash", str(ROOT / "launch" / "mpirun.sh"), "-np", "2", str(small_file), "--epochs", "2", "--batch-size",
+         "4", "--width", "4", "--depth", "1", "--learning-rate", "0.01", "--checkpoint-dir", str(tmp_path / "ck"),
+         "--verbose", "0"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("summary: ")]
+    assert len(summaries) == 1 and " ranks=2 epochs=2 " in summaries[0], result.stdout[-3000:]
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.keras")) == ["best.keras", "epoch-0001.keras",
+                                                                         "epoch-0002.keras"]
+    record = json.loads(zipfile.ZipFile(tmp_path / "ck" / "epoch-0002.keras").read("distributed_h5.json"))
+    assert (record["config"]["engine"], record["config"]["ranks"], record["position"]) == (
+        "jax", 2, {"epoch": 2, "sample": 0})
