@@ -237,6 +237,33 @@ class Checkpointer(keras.callbacks.Callback):
         checkpoints.prune(self.directory, self.keep)
 
 
+class Commit(keras.callbacks.Callback):
+    """Elastic: commit the weights, optimizer state and sample position in memory every
+    ``every`` steps and at each epoch's end (with the epoch's global logs), on every rank at
+    the same steps. A commit also checks whether hosts joined or left, and if so raises
+    Horovod's ``HostsUpdatedInterrupt`` on every rank, so the ranks re-form from that commit."""
+
+    def __init__(self, state, timeline: Timeline, every: int, best):
+        super().__init__()
+        self.state, self.timeline, self.every, self.best = state, timeline, every, best
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch and batch % self.every == 0:
+            self._commit(self.timeline.position(self.epoch, batch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        self.state.progress["epochs"].append([epoch, logs])
+        self._commit(Position(epoch + 1))
+
+    def _commit(self, at: Position) -> None:
+        self.state.progress.update(position=[at.epoch, at.sample], best=self.best())
+        self.state.commit()
+
+
 class StopAfterEpoch(keras.callbacks.Callback):
     """End ``fit`` after its first epoch (a resumed partial epoch has fewer batches)."""
 

@@ -8,6 +8,9 @@ Every collective here is called in the same order on every rank.
 
 from __future__ import annotations
 
+import copy
+import os
+
 import numpy as np
 
 
@@ -89,3 +92,80 @@ def init() -> HorovodCollective:
         tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpu, "GPU")
     return HorovodCollective(hvd)
+
+
+# --- Elastic training ---------------------------------------------------------------------
+# horovod.tensorflow.keras.elastic does not work under Keras 3 (it is built on tf.keras), and
+# horovod.tensorflow.elastic.run only recognises errors of ops named HorovodAllreduce,
+# HorovodAllgather and HorovodBroadcast (not the grouped allreduce of the train step). These
+# are the same mechanics on horovod.common.elastic: a State that commits in memory, and
+# run_fn, which on a lost rank restores the last commit, re-initialises Horovod with the ranks
+# that remain (or joined) and calls the function again after synchronising the state.
+
+
+def elastic_state(model, progress=None):
+    """A :class:`horovod.common.elastic.State` holding ``model``'s weights and optimizer
+    state and ``progress`` (where training stands: a picklable dict, or None)."""
+    import horovod.tensorflow as hvd
+    from horovod.common.elastic import State
+
+    class ElasticState(State):
+        """What a lost rank rolls every rank back to; new ranks receive it by broadcast."""
+
+        def __init__(self):
+            self.model, self.progress = model, progress
+            model.optimizer.build(model.trainable_variables)
+            self._saved = None
+            super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
+            self.save()
+
+        def _variables(self):
+            return list(self.model.variables) + list(self.model.optimizer.variables)
+
+        def save(self):
+            self._saved = ([np.array(v.numpy()) for v in self._variables()], copy.deepcopy(self.progress))
+
+        def restore(self):
+            values, progress = self._saved
+            for variable, value in zip(self._variables(), values):
+                variable.assign(value)
+            self.progress = copy.deepcopy(progress)
+
+        def sync(self):
+            # Rank 0's last commit to every rank: survivors all restored the same one, and a
+            # new rank holds only its fresh model. Rank 0 is a rank that was there before
+            # (Horovod keeps the hosts it had first in the order).
+            self.restore()
+            hvd.broadcast_variables([getattr(v, "value", v) for v in self._variables()], root_rank=0)
+            self.progress = hvd.broadcast_object(self.progress, root_rank=0)
+            self.save()
+
+    return ElasticState()
+
+
+def elastic_run(func):
+    """``func(state, ...)`` run elastically: Horovod's ``run_fn`` with errors of the package's
+    collectives (any Horovod op, the grouped allreduce included) treated as a lost rank."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    from horovod.common.elastic import run_fn
+    from horovod.common.exceptions import HorovodInternalError
+
+    def wrapper(state, *args, **kwargs):
+        try:
+            return func(state, *args, **kwargs)
+        except tf.errors.OpError as exc:
+            if "Horovod" in str(exc):
+                raise HorovodInternalError(exc) from exc
+            raise
+
+    def reset():
+        hvd.shutdown()
+        hvd.init()
+
+    return run_fn(wrapper, reset)
+
+
+def elastic_launch() -> bool:
+    """Whether this process was started by ``horovodrun`` in elastic mode."""
+    return os.environ.get("HOROVOD_ELASTIC") == "1"

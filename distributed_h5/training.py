@@ -18,8 +18,8 @@ import numpy as np
 
 from . import __version__, checkpoints, collective as collectives, replicas
 from .augment import Augment
-from .callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, EpochTiming, GlobalState, LearningRate,  # noqa: F401
-                        NonFiniteLoss, Preempted, StopAfterEpoch, Timeline)
+from .callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, Commit, EpochTiming, GlobalState,  # noqa: F401
+                        LearningRate, NonFiniteLoss, Preempted, StopAfterEpoch, Timeline)
 from .checkpoints import Position, RunConfig
 from .feeding import Feeder
 from .layers import synchronized_batchnorm
@@ -65,7 +65,7 @@ def evaluate(model, sequence: ShardedSequence, collective) -> dict[str, float]:
 
 
 def _check_arguments(*, epochs, batch_size, keep_checkpoints, warmup_epochs, check_every, precision, learning_rate,
-                     monitor, engine):
+                     monitor, engine, commit_every):
     def positive_int(name, value):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
@@ -74,6 +74,7 @@ def _check_arguments(*, epochs, batch_size, keep_checkpoints, warmup_epochs, che
     positive_int("batch_size", batch_size)
     positive_int("keep_checkpoints", keep_checkpoints)
     positive_int("check_every", check_every)
+    positive_int("commit_every", commit_every)
     if not (isinstance(warmup_epochs, (int, float)) and math.isfinite(warmup_epochs) and warmup_epochs >= 0):
         raise ValueError(f"warmup_epochs must be a finite number >= 0. Received: warmup_epochs={warmup_epochs!r}")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
@@ -114,9 +115,10 @@ def init_engine(engine: str | None = None):
     return horovod.init()
 
 
-def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path | None):
+def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path | None, locked: bool = False):
     """Rank 0: create and probe the directories it will write, and lock the checkpoint
-    directory. Returns ``(lock, error)``: the one-line error every rank will raise."""
+    directory (unless this process holds the lock already: ``locked``). Returns
+    ``(lock, error)``: the one-line error every rank will raise."""
     if rank != 0:
         return None, None
     try:
@@ -127,7 +129,7 @@ def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path |
             probe.unlink()
     except OSError as exc:
         return None, f"cannot write to {exc.filename or directory}: {exc.strerror or exc}"
-    if checkpoint_dir is None:
+    if checkpoint_dir is None or locked:
         return None, None
     lock = checkpoints.DirectoryLock(checkpoint_dir)
     try:
@@ -167,6 +169,8 @@ def train_model(
     precision: str | None = None,
     allow_config_change: tuple[str, ...] = (),
     engine: str | None = None,
+    elastic: bool = False,
+    commit_every: int = 8,
 ) -> keras.callbacks.History:
     """Train a compiled Keras ``model`` on the HDF5 file ``path`` across all ranks of the job.
 
@@ -230,6 +234,13 @@ def train_model(
             the model's dtype policy and recorded (default: the model's policy).
         allow_config_change: checkpoint fields a resume may change (``seed``,
             ``validation_ratio``, ``sample_count``, ``fingerprint``).
+        elastic: under ``horovodrun --gloo --min-np N --max-np M --host-discovery-script S``
+            (Horovod's elastic mode): when a rank is lost every other rank rolls back to the
+            last commit and carries on with the ranks that remain, and ranks that join receive
+            that state; the data order continues from the committed sample position with the
+            new rank count (default False).
+        commit_every: elastic: steps between commits in memory (and at every epoch's end); a
+            lost rank costs the steps since the last one (default 8).
         engine: ``"horovod"`` or ``"jax"`` (default: the engine that fits Keras' backend;
             see :func:`init_engine`). A checkpoint written under one resumes under the other.
 
@@ -247,7 +258,7 @@ def train_model(
         base_rate = math.nan
     _check_arguments(epochs=epochs, batch_size=batch_size, keep_checkpoints=keep_checkpoints,
                      warmup_epochs=warmup_epochs, check_every=check_every, precision=precision,
-                     learning_rate=base_rate, monitor=monitor, engine=engine)
+                     learning_rate=base_rate, monitor=monitor, engine=engine, commit_every=commit_every)
     if (resume or stop_signal is not None) and checkpoint_dir is None:
         raise ValueError("resume and stop_signal need a checkpoint_dir. Received: checkpoint_dir=None")
     policy = model.dtype_policy.name
@@ -257,43 +268,71 @@ def train_model(
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     log_dir = Path(log_dir) if log_dir is not None else checkpoint_dir
     collective = init_engine(engine)
-    rank, size = collective.rank, collective.size
-    common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
-                  threads=threads, allow_unwritten=allow_unwritten, augment=augment, split=split)
-    train = ShardedSequence(path, subset="train", remainder=remainder, **common)
-    validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
-    plan = train.plan
-    lock = None
-    summary = RunSummary(ranks=size, monitor=monitor)
+    run_args = dict(base_rate=base_rate, epochs=epochs, scale_learning_rate=scale_learning_rate,
+                    warmup_epochs=warmup_epochs, checkpoint_dir=checkpoint_dir, resume=resume,
+                    keep_checkpoints=keep_checkpoints, monitor=monitor, log_dir=log_dir, workers=workers,
+                    prefetch=prefetch, verbose=verbose, callbacks=callbacks, stop_signal=stop_signal,
+                    check_every=check_every, precision=policy, allow_config_change=tuple(allow_config_change),
+                    path=path, commit_every=commit_every)
+
+    def attempt(collective, state=None, held=None):
+        """Train with the ranks of ``collective``: the whole run, or (elastic) until they change."""
+        rank, size = collective.rank, collective.size
+        common = dict(batch_size=batch_size, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
+                      threads=threads, allow_unwritten=allow_unwritten, augment=augment, split=split)
+        train = ShardedSequence(path, subset="train", remainder=remainder, **common)
+        validation = ShardedSequence(path, subset="validation", **common) if validation_ratio > 0 else None
+        held = [] if held is None else held  # the directory lock, while this process holds it
+        summary = RunSummary(ranks=size, monitor=monitor)
+        try:
+            # Rank 0 alone writes; it probes its directories and locks the checkpoint directory
+            # before any work, and every rank raises the same one-line error if that failed.
+            # (Elastic: whichever process is rank 0 now; a former one lets go first.)
+            if held and rank != 0:
+                held.pop().release()
+            if state is not None and size > 1:
+                collective.barrier()
+            lock, error = _prepare_directories(rank, checkpoint_dir, log_dir, locked=bool(held))
+            if lock is not None:
+                held.append(lock)
+            error = collectives_broadcast(collective, error)
+            if error:
+                raise RuntimeError(error)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(collectives.activate(collective))
+                stack.enter_context(replicas.distributed(model, collective))
+                if sync_batchnorm:
+                    stack.enter_context(synchronized_batchnorm(model))
+                if not model.built:
+                    model(train[0][0][:1])
+                history = _run(model, collective, train, validation, train.plan, summary, state=state, **run_args)
+            summary.elapsed_seconds = time.perf_counter() - started
+            history.run = summary
+            return history
+        finally:
+            if state is None:
+                while held:
+                    held.pop().release()
+            train.close()
+            if validation is not None:
+                validation.close()
+
+    if not elastic:
+        return attempt(collective)
+    from . import horovod
+
+    if collective.name != "horovod" or not horovod.elastic_launch():
+        raise ValueError("elastic training needs the horovod engine launched in elastic mode: horovodrun --gloo "
+                         "--min-np N --max-np M --host-discovery-script SCRIPT (launch/horovodrun.sh --elastic)")
+    held: list = []
     try:
-        # Rank 0 alone writes; it probes its directories and locks the checkpoint directory
-        # before any work, and every rank raises the same one-line error if that failed.
-        lock, error = _prepare_directories(rank, checkpoint_dir, log_dir)
-        error = collectives_broadcast(collective, error)
-        if error:
-            raise RuntimeError(error)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(collectives.activate(collective))
-            stack.enter_context(replicas.distributed(model, collective))
-            if sync_batchnorm:
-                stack.enter_context(synchronized_batchnorm(model))
-            if not model.built:
-                model(train[0][0][:1])
-            history = _run(model, collective, train, validation, plan, summary, base_rate=base_rate, epochs=epochs,
-                           scale_learning_rate=scale_learning_rate, warmup_epochs=warmup_epochs,
-                           checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
-                           monitor=monitor, log_dir=log_dir, workers=workers, prefetch=prefetch, verbose=verbose,
-                           callbacks=callbacks, stop_signal=stop_signal, check_every=check_every,
-                           precision=policy, allow_config_change=tuple(allow_config_change), path=path)
-        summary.elapsed_seconds = time.perf_counter() - started
-        history.run = summary
-        return history
+        history = horovod.elastic_run(
+            lambda state: attempt(horovod.HorovodCollective(collective.hvd), state, held))(
+            horovod.elastic_state(model))
     finally:
-        if lock is not None:
-            lock.release()
-        train.close()
-        if validation is not None:
-            validation.close()
+        while held:
+            held.pop().release()
+    return history
 
 
 def collectives_broadcast(collective, value):
@@ -330,7 +369,7 @@ def _resume_point(host: replicas.HostModel, collective, checkpoint_dir, config: 
 
 def _run(model, collective, train, validation, plan, summary, *, base_rate, epochs, scale_learning_rate,
          warmup_epochs, checkpoint_dir, resume, keep_checkpoints, monitor, log_dir, workers, prefetch, verbose,
-         callbacks, stop_signal, check_every, precision, allow_config_change, path):
+         callbacks, stop_signal, check_every, precision, allow_config_change, path, state=None, commit_every=8):
     rank = collective.rank
     info = train.info
     config = RunConfig(
@@ -342,7 +381,17 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         **_augment_fields(train.augment))
     checkpoints.check_config(None, config, allow_config_change)  # validates the field names
     host = replicas.HostModel(model, collective)
-    position, base_batch, best = _resume_point(host, collective, checkpoint_dir, config, allow_config_change, resume)
+    if state is not None and state.progress is not None:
+        # Elastic, after the ranks changed: every rank holds rank 0's last commit (state.sync).
+        position, base_batch, best = Position(*state.progress["position"]), *(
+            state.progress[key] for key in ("base_batch", "best"))
+    else:
+        position, base_batch, best = _resume_point(host, collective, checkpoint_dir, config, allow_config_change,
+                                                   resume)
+        if state is not None:  # the first commit: what a rank lost before the next one rolls back to
+            state.progress = dict(position=[position.epoch, position.sample], base_batch=base_batch, best=best,
+                                  epochs=[])
+            state.save()
     config = RunConfig(**{**config.__dict__, "base_batch": base_batch})
     if position != Position(0):
         summary.resumed_from = position
@@ -350,7 +399,7 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         position = Position(position.epoch + 1)
     summary.best = best
     if position.epoch >= epochs:
-        return keras.callbacks.History()
+        return _history_of(state) if state is not None else keras.callbacks.History()
 
     timeline = Timeline(plan, position)
     feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers, prefetch=prefetch,
@@ -393,6 +442,8 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
                 csv_path.unlink(missing_ok=True)
             run_callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
             run_callbacks.append(keras.callbacks.TensorBoard(str(log_dir / "tensorboard")))
+    if state is not None:  # last of the package's: the epoch's logs and checkpoint are final
+        run_callbacks.append(Commit(state, timeline, commit_every, lambda: checkpointer.best if checkpointer else best))
     run_callbacks += list(callbacks or [])
 
     def fit(first_epoch: int, only_one: bool = False) -> keras.callbacks.History:
@@ -411,7 +462,7 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         feeder.restart_at(first_full_epoch)
     if first_full_epoch < epochs:
         histories.append(fit(first_full_epoch))
-    history = _merge(histories)
+    history = _merge(histories) if state is None else _history_of(state)
     summary.epochs_run = list(history.epoch)
     if checkpointer is not None:
         summary.best = checkpointer.best
@@ -460,6 +511,17 @@ def _plot(csv_path: Path, png_path: Path) -> None:
     figure.savefig(partial, format="png")
     plt.close(figure)
     os.replace(partial, png_path)
+
+
+def _history_of(state) -> keras.callbacks.History:
+    """Elastic: one History of every committed epoch, across the changes of ranks."""
+    history = keras.callbacks.History()
+    history.epoch = [epoch for epoch, _ in state.progress["epochs"]]
+    history.history = {}
+    for _, logs in state.progress["epochs"]:
+        for key, value in logs.items():
+            history.history.setdefault(key, []).append(value)
+    return history
 
 
 def _merge(histories: list[keras.callbacks.History]) -> keras.callbacks.History:
