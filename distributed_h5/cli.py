@@ -199,6 +199,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--engine", choices=("horovod", "jax"), default=os.environ.get("DH5_ENGINE") or None,
                        help="horovod (Keras on TensorFlow; horovodrun, mpirun, srun) or jax (Keras on JAX; mpirun, "
                             "srun). Default: $DH5_ENGINE, else the one that fits $KERAS_BACKEND, else horovod")
+    train.add_argument("--elastic", action="store_true",
+                       help="Horovod's elastic mode (launch/horovodrun.sh --elastic): a lost rank rolls every rank "
+                            "back to the last commit and training goes on with the ranks that remain or join")
+    train.add_argument("--commit-every", type=_positive, default=8,
+                       help="--elastic: steps between in-memory commits (a lost rank costs the steps since the last)")
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
     train.add_argument("--prefetch", type=_non_negative_int, default=0,
                        help="batches buffered in tf.data: 1 hides the hand-off of each batch into TensorFlow, "
@@ -271,6 +276,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="shared file system, aggregate GB/s (default 20)")
     model.add_argument("--local-gbps", type=float, default=2.0, help="node-local storage per node, GB/s (default 2)")
     model.add_argument("--ranks-per-node", type=_positive, default=8)
+    model.add_argument("--commit-every", type=_positive, default=8,
+                       help="projection: train --elastic's steps between commits, for what a lost rank costs")
     au = benches.add_parser("au", help="accelerator utilisation (MLPerf Storage's AU) of each loader at several rank counts")
     au.add_argument("files", nargs="*", metavar="FILE", help="HDF5 files (none with --from-csv)")
     au.add_argument("--ranks", default="1,2,4,8", help="comma-separated rank counts, one emulated accelerator each")
@@ -451,6 +458,7 @@ def _train(args) -> int:
         augment=augment, split=args.split,
         threads=args.threads, prefetch=args.prefetch, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
         precision=args.precision, allow_config_change=tuple(args.allow_config_change), engine=args.engine,
+        elastic=args.elastic, commit_every=args.commit_every,
         stop_signal=getattr(signal, f"SIG{args.stop_signal}") if args.stop_signal else None,
     )
     if history.run.ranks == 1 or _rank() == 0:  # one summary for the job, not one per rank
@@ -621,7 +629,9 @@ def _bench(args) -> int:
                 shared_fs_gbyte_per_second=args.shared_fs_gbps, local_gbyte_per_second=args.local_gbps,
                 ranks_per_node=args.ranks_per_node)
             print(projection.describe(assumptions))
-            print(projection.table(projection.project(assumptions, [int(p) for p in args.project.split(",") if p])))
+            projected = projection.project(assumptions, [int(p) for p in args.project.split(",") if p])
+            print(projection.table(projected))
+            print(projection.rank_loss(projected, args.commit_every))
         return 0
     from .bench.io import bench_io, report
 

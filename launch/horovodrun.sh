@@ -7,6 +7,11 @@
 #   launch/horovodrun.sh -np 8 data.h5 --epochs 10 --batch-size 8
 #   launch/horovodrun.sh -np 8 -H node1:4,node2:4 --mpi data.h5 --epochs 10
 #   launch/horovodrun.sh -np 2 -H node1:1,node2:1 --network-interface eth0 data.h5 --epochs 10
+#   launch/horovodrun.sh --elastic -np 8 --min-np 4 --max-np 8 data.h5 --epochs 10
+#
+# --elastic: Horovod's elastic mode (Gloo): ranks may leave and join; hosts come from
+# --host-discovery-script (default launch/discover_hosts.sh), and `train --elastic` rolls back
+# to the last in-memory commit when a rank is lost.
 #
 # -np defaults to the cores of this machine. The controller defaults to --gloo on a machine
 # without an NVIDIA GPU (Open MPI busy-polls, which took CPU ranks 3x longer) and to
@@ -19,13 +24,16 @@ ranks=$(nproc)
 hosts=""
 controller=()
 interface=""
+elastic=()
 while (($#)); do
     case $1 in
         -np) ranks=$2; shift 2 ;;
         -H) hosts=$2; shift 2 ;;
         --gloo|--mpi) controller=("$1"); shift ;;
         --network-interface) interface=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --elastic) elastic+=(--elastic); shift ;;
+        --min-np|--max-np|--host-discovery-script) elastic+=("$1" "$2"); shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 0 ;;
         *) break ;;
     esac
 done
@@ -43,12 +51,29 @@ if ((${#controller[@]} == 0)) && ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; t
 fi
 command=(horovodrun -np "$ranks")
 [[ -n $hosts ]] && command+=(-H "$hosts")
+train_flags=()
+if ((${#elastic[@]})); then
+    if [[ ! " ${elastic[*]} " == *" --elastic "* ]]; then
+        echo "launch/horovodrun.sh: error: --min-np, --max-np and --host-discovery-script need --elastic" >&2
+        exit 2
+    fi
+    [[ -n $hosts ]] && { echo "launch/horovodrun.sh: error: --elastic takes its hosts from a discovery script, not -H" >&2; exit 2; }
+    controller=(--gloo)  # Horovod's elastic mode runs on Gloo only
+    for ((i = 0; i < ${#elastic[@]}; i++)); do
+        case ${elastic[i]} in
+            --elastic) ;;
+            *) command+=("${elastic[i]}" "${elastic[i + 1]}"); i=$((i + 1)) ;;
+        esac
+    done
+    [[ " ${elastic[*]} " == *" --host-discovery-script "* ]] || command+=(--host-discovery-script "$here/discover_hosts.sh")
+    train_flags=(--elastic)
+fi
 command+=("${controller[@]}")
 if [[ -n $interface ]]; then
     # Gloo's rendezvous and collectives, and horovodrun's own services, on that interface only.
     export HOROVOD_GLOO_IFACE=$interface
     command+=(--network-interface "$interface")
 fi
-command+=(distributed-h5 train "$data" "$@")
+command+=(distributed-h5 train "$data" "${train_flags[@]}" "$@")
 echo "+ DH5_TF_THREADS=$DH5_TF_THREADS ${command[*]}" >&2
 exec "${command[@]}"

@@ -99,3 +99,19 @@ def table(projections: list[Projection]) -> str:
                      f"{q.shared_io_seconds * 1e3:>13.3f}{q.staged_io_seconds * 1e3:>13.3f}"
                      f"{q.shared_step_seconds * 1e3:>15.2f}{q.shared_efficiency:>12.3f}{q.staged_efficiency:>12.3f}")
     return "\n".join(lines)
+
+
+def rank_loss_seconds(projection: Projection, commit_every: int) -> float:
+    """Training time a lost rank costs under ``train --elastic``, at most: the steps since the
+    last commit (a rank lost in the step before a commit loses ``commit_every`` steps' work,
+    every rank rolling back), at the projected step time (shared file system). Re-forming the
+    ranks (Horovod's rendezvous, a new rank's start) comes on top and is not modelled."""
+    return commit_every * projection.shared_step_seconds
+
+
+def rank_loss(projections: list[Projection], commit_every: int) -> str:
+    """What a lost rank costs, per projected rank count: with ``--elastic``, and without."""
+    costs = ", ".join(f"{q.ranks} ranks {rank_loss_seconds(q, commit_every):.2f} s" for q in projections)
+    return (f"a lost rank: with train --elastic --commit-every {commit_every}, every rank rolls back at most "
+            f"{commit_every} steps ({costs}), plus re-forming the ranks; without --elastic the job ends and its "
+            "requeue resumes from the newest checkpoint (at most an epoch back, or a --stop-signal checkpoint).")
