@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
@@ -66,10 +67,34 @@ class SignalAt(keras.callbacks.Callback):
 
 
 class KillAt(SignalAt):
-    """Die abruptly at (epoch, batch), as a crashed node would."""
+    """Die abruptly at (epoch, batch), as a crashed node would; with ``once``, a file, only if
+    no process of the job died that way before (a rank that joins later runs this again)."""
 
-    def __init__(self, epoch, batch):
+    def __init__(self, epoch, batch, once=None):
         super().__init__(signal.SIGKILL, epoch, batch)
+        self.once = once
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at and self.once is not None:
+            if os.path.exists(self.once):
+                return
+            Path(self.once).write_text("")
+        super().on_train_batch_begin(batch, logs)
+
+
+class SlowWhileAlone(keras.callbacks.Callback):
+    """Elastic: sleep before each step while the job has one rank, so that a rank rejoining
+    has time to start before the run ends."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_batch_begin(self, batch, logs=None):
+        import horovod.tensorflow as hvd
+
+        if hvd.size() == 1:
+            time.sleep(self.seconds)
 
 
 def build(args, info, init_seed):
@@ -123,6 +148,10 @@ def main():
     parser.add_argument("--crop", type=int, nargs=2)
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--kill", nargs=3, type=int, metavar=("RANK", "EPOCH", "BATCH"))
+    parser.add_argument("--kill-once", help="with --kill: kill only once in the job (a marker file)")
+    parser.add_argument("--elastic", action="store_true")
+    parser.add_argument("--commit-every", type=int, default=8)
+    parser.add_argument("--slow-while-alone", type=float, help="elastic: seconds of sleep per step on one rank")
     parser.add_argument("--usr1", nargs=3, type=int, action="append", default=[], metavar=("RANK", "EPOCH", "BATCH"),
                         help="send SIGUSR1 to RANK at (EPOCH, BATCH) and stop on it")
     args = parser.parse_args()
@@ -138,8 +167,10 @@ def main():
     optimizer = (keras.optimizers.SGD(args.learning_rate) if args.optimizer == "sgd"
                  else keras.optimizers.Adam(args.learning_rate))
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [EpochOf()] + ([KillAt(*args.kill[1:])] if args.kill and args.kill[0] == rank else [])
+    callbacks = [EpochOf()] + ([KillAt(*args.kill[1:], once=args.kill_once)] if args.kill and args.kill[0] == rank
+                               else [])
     callbacks += [SignalAt(signal.SIGUSR1, epoch, batch) for who, epoch, batch in args.usr1 if who == rank]
+    callbacks += [SlowWhileAlone(args.slow_while_alone)] if args.slow_while_alone else []
     record_trained_clips()
     args.out.mkdir(parents=True, exist_ok=True)
     facts = {"size": collective.size, "engine": collective.name}
@@ -150,7 +181,8 @@ def main():
             checkpoint_dir=args.checkpoint_dir, resume=args.resume, verbose=0, callbacks=callbacks,
             stop_signal=signal.SIGUSR1 if args.usr1 else None, check_every=args.check_every,
             sync_batchnorm=args.sync_bn, precision=args.precision,
-            allow_config_change=tuple(args.allow_config_change), augment=augmentation(args))
+            allow_config_change=tuple(args.allow_config_change), augment=augmentation(args), elastic=args.elastic,
+            commit_every=args.commit_every)
     except Preempted as stopped:
         (args.out / f"rank{rank}.stopped").write_text(json.dumps(
             {"at": [stopped.at.epoch, stopped.at.sample], "trained": TRAINED}))
@@ -158,6 +190,11 @@ def main():
     except (NonFiniteLoss, ValueError) as error:
         (args.out / f"rank{rank}.error").write_text(f"{type(error).__name__}: {error}")
         raise SystemExit(3) from None
+    if args.elastic:  # the rank this process has now
+        import horovod.tensorflow as hvd
+
+        rank = hvd.rank()
+        facts["size"] = hvd.size()
     np.savez(args.out / f"rank{rank}.npz", *model.get_weights())
     optimizer = model.optimizer
     facts.update(epochs=history.epoch, history=history.history, trained=TRAINED,

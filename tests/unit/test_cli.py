@@ -96,6 +96,16 @@ def test_jax_engine_trains_in_one_process(tmp_path):
     assert summary.startswith("summary: ranks=1 epochs=1 accuracy=") and "val_loss=" in summary, result.stdout
 
 
+def test_elastic_outside_an_elastic_launch_is_one_line(tmp_path):
+    from distributed_h5 import make_synthetic
+
+    path = make_synthetic(tmp_path / "d.h5", samples=24, frames=2, channels=1, size=(8, 8), classes=2, progress=False)
+    result = run_cli("train", path, "--elastic", "--epochs", 1, "--width", 2, "--depth", 1, env={"DH5_ENGINE": ""})
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (2, (
+        "distributed-h5 train: error: elastic training needs the horovod engine launched in elastic mode: horovodrun "
+        "--gloo --min-np N --max-np M --host-discovery-script SCRIPT (launch/horovodrun.sh --elastic)"))
+
+
 def test_missing_input_file_is_one_line(tmp_path):
     result = run_cli("inspect", tmp_path / "nope.h5")
     assert (result.returncode, result.stderr) == (2, f"distributed-h5 inspect: error: {tmp_path}/nope.h5: no such file\n")
