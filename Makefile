@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au bench-models clean
+.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au bench-models bench-engines clean
 
 install:
 	bash scripts/install.sh
@@ -46,6 +46,10 @@ bench-au: install
 # R(2+1)D-18's step time at 16x3x112x112, float32 and mixed_bfloat16, 1 and 2 ranks. About 10 minutes.
 bench-models: install
 	bash scripts/bench-models.sh
+
+# The Horovod and JAX engines side by side: train's samples/s on 1 and 2 CPU ranks. About 3 minutes.
+bench-engines: install
+	bash scripts/bench-engines.sh
 
 # Everything, then docs/BENCHMARKS.md from the results.
 bench: bench-io bench-scaling bench-au bench-models
