@@ -1,7 +1,8 @@
-"""Train video classifiers on HDF5 files larger than memory, on many GPUs with Horovod.
+"""Train video classifiers on HDF5 files larger than memory, on many GPUs with Horovod or JAX.
 
 The public API: :class:`ShardedSequence`, :func:`train_model`, :class:`DatasetError`,
-:func:`describe`, :func:`make_synthetic`; the data order lives in :mod:`distributed_h5.sharding`.
+:func:`describe`, :func:`make_synthetic`, :func:`init_engine`; the data order lives in
+:mod:`distributed_h5.sharding`.
 """
 
 from .dataset import DatasetError, DatasetInfo, describe
