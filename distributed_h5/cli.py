@@ -232,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--threads", type=_positive, help="reader threads per rank")
         sub.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
                          help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
+        sub.add_argument("--engine", choices=("horovod", "jax"), default=os.environ.get("DH5_ENGINE") or None,
+                         help="as for train: horovod (TensorFlow) or jax (default: $DH5_ENGINE, else the one that "
+                              "fits $KERAS_BACKEND, else horovod)")
     evaluate.add_argument("--seed", type=int, help="split seed (default: the checkpoint's)")
     evaluate.add_argument("--validation-ratio", type=_unit, help="(default: the checkpoint's)")
     evaluate.add_argument("--split", choices=SPLITS, help="(default: the checkpoint's)")
@@ -408,18 +411,7 @@ def _quiet_other_ranks() -> None:
 
 def _train(args) -> int:
     _quiet_other_ranks()
-    if args.engine == "jax":
-        # JAX joins the other processes before it computes anything, so before the model exists.
-        from .training import init_engine
-
-        init_engine("jax")
-    elif args.tf_threads:
-        # Must happen before TensorFlow starts its thread pools; one thread per rank lets
-        # as many ranks as cores share a machine without oversubscribing it.
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(int(args.tf_threads))
-        tf.config.threading.set_inter_op_parallelism_threads(int(args.tf_threads))
+    _start_engine(args)
     import keras
 
     from .augment import Augment
@@ -466,8 +458,15 @@ def _train(args) -> int:
     return 0
 
 
-def _set_tf_threads(args) -> None:
-    if args.tf_threads:  # before TensorFlow starts its thread pools (see _train)
+def _start_engine(args) -> None:
+    """Before any model exists: JAX joins the other processes (it must, before it computes
+    anything); TensorFlow takes its thread count (before it starts its thread pools: one
+    thread per rank lets as many ranks as cores share a machine without oversubscribing it)."""
+    if args.engine == "jax":
+        from .training import init_engine
+
+        init_engine("jax")
+    elif args.tf_threads:
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(int(args.tf_threads))
@@ -476,7 +475,7 @@ def _set_tf_threads(args) -> None:
 
 def _evaluate(args) -> int:
     _quiet_other_ranks()
-    _set_tf_threads(args)
+    _start_engine(args)
     from .evaluation import evaluate_model
 
     result = evaluate_model(args.checkpoint, args.file, batch_size=args.batch_size, validation_ratio=args.validation_ratio,
@@ -491,7 +490,7 @@ def _predict(args) -> int:
     from .outputs import check_output
 
     out = check_output(args.out)  # on every rank, before any work
-    _set_tf_threads(args)
+    _start_engine(args)
     from .evaluation import predict_model, write_predictions
 
     predictions = predict_model(args.checkpoint, args.file, batch_size=args.batch_size, views=tuple(args.views),
@@ -699,13 +698,13 @@ def main(argv: list[str] | None = None) -> int:
     command = {"make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect, "train": _train,
                "bench": _bench, "doctor": _doctor, "evaluate": _evaluate, "predict": _predict,
                "inspect-checkpoint": _inspect_checkpoint}[args.command]
-    if args.command == "train":
+    if args.command in ("train", "evaluate", "predict"):
         try:
             args.engine = _engine_backend(args.engine)
         except ValueError as exc:
             return _fail(args.command, exc)
-    if args.command in ("bench", "doctor", "evaluate", "predict") or (
-            args.command == "train" and args.engine == "horovod"):  # the commands that load TensorFlow: quietly, first
+    if args.command in ("bench", "doctor") or (
+            args.command in ("train", "evaluate", "predict") and args.engine == "horovod"):  # the commands that load TensorFlow: quietly, first
         from .quiet import import_tensorflow
 
         try:

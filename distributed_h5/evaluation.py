@@ -229,7 +229,8 @@ def evaluate_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: 
                    allow_unwritten: bool = False) -> Evaluation:
     """The loss and accuracy of a model on the validation subset of ``path``, on every rank.
 
-    Run it in every process of a job (``horovodrun``), or in one process. Each rank evaluates
+    Run it in every process of a job (``horovodrun``; or ``mpirun`` with ``KERAS_BACKEND=jax``,
+    after :func:`distributed_h5.init_engine`, before the model loads), or in one process. Each rank evaluates
     its unpadded share and the metric states are summed, so the result is one process's, on
     every rank. With ``views=(1, 1)`` and a checkpoint's own settings it reproduces the run's
     ``val_*`` at that checkpoint exactly.

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import jax_env, report, train, weights
+from .conftest import jax_env, mpirun, report, train, weights
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ("--batch-size", 4, "--scale-lr", "--epochs", 3)
@@ -117,3 +118,31 @@ def test_cli_with_launch_mpirun(small_file, tmp_path):
     record = json.loads(zipfile.ZipFile(tmp_path / "ck" / "epoch-0002.keras").read("distributed_h5.json"))
     assert (record["config"]["engine"], record["config"]["ranks"], record["position"]) == (
         "jax", 2, {"epoch": 2, "sample": 0})
+
+
+def test_evaluate_and_predict_on_two_jax_processes_equal_one(small_file, tmp_path):
+    """`evaluate --engine jax` and `predict --engine jax` under mpirun -np 2: each process its
+    share on a process-local model, sums combined; the same figures and CSV as one process."""
+    cli = str(Path(sys.executable).parent / "distributed-h5")
+    env = dict(jax_env(), DH5_ENGINE="jax")
+    del env["KERAS_BACKEND"]  # the CLI sets it from the engine
+
+    def run(*argv):
+        result = subprocess.run(list(map(str, argv)), env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    run(cli, "train", small_file, "--epochs", 1, "--batch-size", 4, "--width", 4, "--depth", 1, "--clip-frames", 2,
+        "--checkpoint-dir", tmp_path / "run", "--verbose", 0)
+    args = ("--checkpoint", tmp_path / "run" / "epoch-0001.keras", "--views", 2, 1)
+    alone = run(cli, "evaluate", small_file, *args).strip().split()
+    together = [line for line in run(*mpirun(2), cli, "evaluate", small_file, *args).splitlines()
+                if "val_accuracy=" in line]
+    assert len(together) == 1  # rank 0 prints
+    alone, together = (dict(part.split("=", 1) for part in fields) for fields in (alone, together[0].split()))
+    assert (alone["ranks"], together["ranks"], alone["samples"], together["samples"]) == ("1", "2", "31", "31")
+    assert together["val_accuracy"] == alone["val_accuracy"]
+    assert float(together["val_loss"]) == pytest.approx(float(alone["val_loss"]), rel=1e-6)
+    run(cli, "predict", small_file, *args, "--out", tmp_path / "alone.csv")
+    run(*mpirun(2), cli, "predict", small_file, *args, "--out", tmp_path / "together.csv")
+    assert (tmp_path / "together.csv").read_text() == (tmp_path / "alone.csv").read_text()
