@@ -202,6 +202,11 @@ class GlobalState(keras.callbacks.Callback):
             logs.update({f"val_{k}": v for k, v in self.validate(self.model).items()})
 
 
+def scalar_logs(logs) -> dict[str, float]:
+    """An epoch's logs as plain floats, the scalars only (what a checkpoint and a commit record)."""
+    return {key: float(value) for key, value in (logs or {}).items() if np.ndim(value) == 0}
+
+
 class Checkpointer(keras.callbacks.Callback):
     """Rank 0 only: after each epoch, the epoch checkpoint (the newest ``keep`` kept), and
     ``best.keras`` when ``monitor`` improved. Reads the global logs, so it runs after
@@ -221,7 +226,7 @@ class Checkpointer(keras.callbacks.Callback):
         return value > self.best[self.monitor] if self.mode == "max" else value < self.best[self.monitor]
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        logs = scalar_logs(logs)
         with self.local() if self.local is not None else contextlib.nullcontext(self.model) as model:
             self._save(model, epoch, logs)
 
@@ -255,7 +260,7 @@ class Commit(keras.callbacks.Callback):
             self._commit(self.timeline.position(self.epoch, batch))
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        logs = scalar_logs(logs)
         self.state.progress["epochs"].append([epoch, logs])
         self._commit(Position(epoch + 1))
 

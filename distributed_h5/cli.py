@@ -15,6 +15,7 @@ import sys
 import time
 
 from .checkpoints import CHECKED_FIELDS, EXIT_PREEMPTED
+from .collective import BACKENDS, ENGINES
 from .dataset import DatasetError
 from .sharding import SPLITS
 
@@ -71,6 +72,12 @@ def _int_at_least(minimum: int):
 
 _positive = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+
+
+def _add_engine_argument(command) -> None:
+    command.add_argument("--engine", choices=ENGINES, default=os.environ.get("DH5_ENGINE") or None,
+                         help="horovod (Keras on TensorFlow; horovodrun, mpirun, srun) or jax (Keras on JAX; mpirun, "
+                              "srun). Default: $DH5_ENGINE, else the one that fits $KERAS_BACKEND, else horovod")
 
 
 def _checks(text: str) -> list[str]:
@@ -196,9 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     augment.add_argument("--flip", action="store_true", help="flip horizontally with probability 0.5")
     augment.add_argument("--scale", type=_positive, nargs=2, metavar=("MIN", "MAX"),
                          help="scale the short side to a random size in [MIN, MAX] before the crop (needs --crop)")
-    train.add_argument("--engine", choices=("horovod", "jax"), default=os.environ.get("DH5_ENGINE") or None,
-                       help="horovod (Keras on TensorFlow; horovodrun, mpirun, srun) or jax (Keras on JAX; mpirun, "
-                            "srun). Default: $DH5_ENGINE, else the one that fits $KERAS_BACKEND, else horovod")
+    _add_engine_argument(train)
     train.add_argument("--elastic", action="store_true",
                        help="Horovod's elastic mode (launch/horovodrun.sh --elastic): a lost rank rolls every rank "
                             "back to the last commit and training goes on with the ranks that remain or join")
@@ -232,9 +237,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--threads", type=_positive, help="reader threads per rank")
         sub.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
                          help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
-        sub.add_argument("--engine", choices=("horovod", "jax"), default=os.environ.get("DH5_ENGINE") or None,
-                         help="as for train: horovod (TensorFlow) or jax (default: $DH5_ENGINE, else the one that "
-                              "fits $KERAS_BACKEND, else horovod)")
+        _add_engine_argument(sub)
     evaluate.add_argument("--seed", type=int, help="split seed (default: the checkpoint's)")
     evaluate.add_argument("--validation-ratio", type=_unit, help="(default: the checkpoint's)")
     evaluate.add_argument("--split", choices=SPLITS, help="(default: the checkpoint's)")
@@ -676,20 +679,19 @@ def _fail(command: str, exc: BaseException) -> int:
 
 
 def _engine_backend(engine: str | None) -> str:
-    """The engine ``train`` runs, with KERAS_BACKEND set to fit it before Keras is imported."""
-    backends = {"horovod": "tensorflow", "jax": "jax"}
+    """The engine a command runs, with KERAS_BACKEND set to fit it before Keras is imported."""
     backend = os.environ.get("KERAS_BACKEND")
     if engine is None:
-        engine = {"jax": "jax"}.get(backend, "horovod")
-    if engine not in backends:
-        raise ValueError(f"--engine (or DH5_ENGINE) must be one of {sorted(backends)}. Received: {engine!r}")
-    if backend not in (None, "", backends[engine]):
-        raise ValueError(f"--engine {engine} runs Keras on {backends[engine]}, but KERAS_BACKEND={backend}: "
+        engine = "jax" if backend == BACKENDS["jax"] else "horovod"
+    if engine not in BACKENDS:
+        raise ValueError(f"--engine (or DH5_ENGINE) must be one of {sorted(BACKENDS)}. Received: {engine!r}")
+    if backend not in (None, "", BACKENDS[engine]):
+        raise ValueError(f"--engine {engine} runs Keras on {BACKENDS[engine]}, but KERAS_BACKEND={backend}: "
                          f"unset KERAS_BACKEND or pick the engine that fits it")
-    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != backends[engine]:
-        raise ValueError(f"--engine {engine} needs Keras on {backends[engine]}, and Keras was already imported "
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != BACKENDS[engine]:
+        raise ValueError(f"--engine {engine} needs Keras on {BACKENDS[engine]}, and Keras was already imported "
                          f"on {sys.modules['keras'].backend.backend()} in this process")
-    os.environ["KERAS_BACKEND"] = backends[engine]
+    os.environ["KERAS_BACKEND"] = BACKENDS[engine]
     return engine
 
 

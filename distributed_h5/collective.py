@@ -26,6 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# The engines, and the Keras backend each runs on (KERAS_BACKEND).
+BACKENDS = {"horovod": "tensorflow", "jax": "jax"}
+ENGINES = tuple(BACKENDS)
+
 
 class Collective(Protocol):
     """What an engine provides. ``rank``, ``size`` and ``local_rank`` are ints."""

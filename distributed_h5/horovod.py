@@ -103,31 +103,30 @@ def init() -> HorovodCollective:
 # that remain (or joined) and calls the function again after synchronising the state.
 
 
-def elastic_state(model, progress=None):
+def elastic_state(model):
     """A :class:`horovod.common.elastic.State` holding ``model``'s weights and optimizer
-    state and ``progress`` (where training stands: a picklable dict, or None)."""
+    state (:func:`~distributed_h5.replicas.state_variables`) and ``progress``, where training
+    stands (a picklable dict; None until ``train_model`` first commits)."""
     import horovod.tensorflow as hvd
     from horovod.common.elastic import State
+
+    from .replicas import broadcast_state, state_variables
 
     class ElasticState(State):
         """What a lost rank rolls every rank back to; new ranks receive it by broadcast."""
 
         def __init__(self):
-            self.model, self.progress = model, progress
+            self.model, self.progress = model, None
             model.optimizer.build(model.trainable_variables)
-            self._saved = None
             super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
             self.save()
 
-        def _variables(self):
-            return list(self.model.variables) + list(self.model.optimizer.variables)
-
         def save(self):
-            self._saved = ([np.array(v.numpy()) for v in self._variables()], copy.deepcopy(self.progress))
+            self._saved = ([np.array(v.numpy()) for v in state_variables(self.model)], copy.deepcopy(self.progress))
 
         def restore(self):
             values, progress = self._saved
-            for variable, value in zip(self._variables(), values):
+            for variable, value in zip(state_variables(self.model), values):
                 variable.assign(value)
             self.progress = copy.deepcopy(progress)
 
@@ -136,7 +135,7 @@ def elastic_state(model, progress=None):
             # new rank holds only its fresh model. Rank 0 is a rank that was there before
             # (Horovod keeps the hosts it had first in the order).
             self.restore()
-            hvd.broadcast_variables([getattr(v, "value", v) for v in self._variables()], root_rank=0)
+            broadcast_state(self.model, HorovodCollective(hvd))
             self.progress = hvd.broadcast_object(self.progress, root_rank=0)
             self.save()
 

@@ -18,14 +18,11 @@ Call :func:`init` (or ``distributed_h5.init_engine("jax")``) before building the
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import numpy as np
 
-# The launchers whose processes jax.distributed.initialize() finds on its own (Open MPI, SLURM),
-# by the variable that gives the number of processes.
-_PROCESS_COUNT_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
+from .runtime import launcher_world
 
 
 class JaxCollective:
@@ -34,12 +31,11 @@ class JaxCollective:
     name = "jax"
     global_step = True  # the compiled step already computes over the global batch
 
-    def __init__(self, jax, distribution):
+    def __init__(self, jax, distribution, local_rank: int = 0):
         from jax.experimental import multihost_utils
 
         self.jax, self.distribution, self._hosts = jax, distribution, multihost_utils
-        self.rank, self.size = jax.process_index(), jax.process_count()
-        self.local_rank = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+        self.rank, self.size, self.local_rank = jax.process_index(), jax.process_count(), local_rank
 
     # --- inside the compiled step: XLA already reduces over the global batch -------------
     def average_gradients(self, grads):
@@ -104,14 +100,6 @@ class JaxCollective:
             self._hosts.sync_global_devices("distributed_h5.barrier")
 
 
-def launched_processes() -> int:
-    """How many processes the launcher (mpirun, srun) started, from its environment; 1 alone."""
-    for variable in _PROCESS_COUNT_VARIABLES:
-        if os.environ.get(variable, "").isdigit():
-            return int(os.environ[variable])
-    return 1
-
-
 _collective: list = []
 
 
@@ -140,7 +128,11 @@ def init() -> JaxCollective:
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"the jax engine needs KERAS_BACKEND=jax set before Keras is imported. "
                            f"Received: Keras backend {keras.backend.backend()!r}")
-    if launched_processes() > 1 and not jax.distributed.is_initialized():
+    launched = launcher_world()  # (rank, size, local rank, the launcher's rank variable), or None alone
+    if launched is not None and launched[1] > 1 and not jax.distributed.is_initialized():
+        if launched[3] == "HOROVOD_RANK":
+            raise RuntimeError("the jax engine runs under mpirun or srun, which JAX finds on its own; horovodrun "
+                               "starts the horovod engine (leave out --engine jax / DH5_ENGINE=jax)")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
             jax.distributed.initialize()
@@ -152,5 +144,5 @@ def init() -> JaxCollective:
     # Set by train_model (replicas.distributed), after the model was built: variables created
     # under a distribution must start equal on every process, and a model's need not.
     distribution = keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
-    _collective.append(JaxCollective(jax, distribution))
+    _collective.append(JaxCollective(jax, distribution, launched[2] if launched else 0))
     return _collective[0]

@@ -72,7 +72,7 @@ def _drop_compiled_steps(model) -> None:
 def broadcast_state(model, collective, root: int = 0) -> None:
     """Copy the model's variables and optimizer state from ``root`` to every rank."""
     model.optimizer.build(model.trainable_variables)
-    collective.broadcast_variables(list(model.variables) + list(model.optimizer.variables), root=root)
+    collective.broadcast_variables(state_variables(model), root=root)
 
 
 def moving_state(model) -> list:
@@ -143,9 +143,9 @@ class HostModel:
                 self.twin.compile_from_config(model.get_compile_config())
                 self.twin.optimizer.build(self.twin.trainable_variables)
             model.optimizer.build(model.trainable_variables)
-            if len(_state(self.twin)) != len(_state(model)):
+            if len(state_variables(self.twin)) != len(state_variables(model)):
                 raise RuntimeError(f"cannot make a process-local copy of {model.name!r}: keras.models.clone_model "
-                                   f"gave {len(_state(self.twin))} variables for {len(_state(model))}")
+                                   f"gave {len(state_variables(self.twin))} variables for {len(state_variables(model))}")
             self._refresh()  # so that share() without a checkpoint load shares the model's own state
 
     @contextlib.contextmanager
@@ -161,7 +161,7 @@ class HostModel:
             yield self.twin
 
     def _refresh(self) -> None:
-        for twin, variable in zip(_state(self.twin), _state(self.model)):
+        for twin, variable in zip(state_variables(self.twin), state_variables(self.model)):
             twin.assign(np.asarray(variable.value))  # a replicated value: read from this process's copy
 
     def share(self, root: int = 0) -> None:
@@ -170,8 +170,8 @@ class HostModel:
         if self.twin is None:
             broadcast_state(self.model, self.collective, root)
             return
-        values = self.collective.broadcast_arrays([np.asarray(v.value) for v in _state(self.twin)], root)
-        self.collective.place(_state(self.model), values)
+        values = self.collective.broadcast_arrays([np.asarray(v.value) for v in state_variables(self.twin)], root)
+        self.collective.place(state_variables(self.model), values)
         # The compiled metrics' state joins the step too: onto the same layout.
         self.collective.broadcast_variables(list(self.model.metrics_variables), root)
 
@@ -188,6 +188,7 @@ def _distribution(distribution):
         keras.distribution.set_distribution(previous)
 
 
-def _state(model) -> list:
-    """The model's variables, then its optimizer's, in a fixed order."""
+def state_variables(model) -> list:
+    """The model's variables, then its optimizer's, in a fixed order: what a checkpoint, a
+    broadcast and an elastic commit carry."""
     return list(model.variables) + list(model.optimizer.variables)

@@ -21,13 +21,12 @@ from .augment import Augment
 from .callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, Commit, EpochTiming, GlobalState,  # noqa: F401
                         LearningRate, NonFiniteLoss, Preempted, StopAfterEpoch, Timeline)
 from .checkpoints import Position, RunConfig
+from .collective import BACKENDS, ENGINES
 from .feeding import Feeder
 from .layers import synchronized_batchnorm
 from .sequence import ShardedSequence
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-ENGINES = ("horovod", "jax")
-BACKENDS = {"horovod": "tensorflow", "jax": "jax"}  # the Keras backend each engine runs on
 
 
 @dataclass
