@@ -32,8 +32,13 @@ def need_horovodrun():
 
 def launch(ranks: int, controller: str, *command, timeout: float = 300, check: bool = True):
     """Run ``command`` on ``ranks`` processes with ``horovodrun --gloo`` or ``--mpi``."""
-    argv = ["horovodrun", "-np", str(ranks), f"--{controller}", *map(str, command)]
-    result = subprocess.run(argv, env=horovodrun_env(), capture_output=True, text=True, timeout=timeout)
+    return run(["horovodrun", "-np", str(ranks), f"--{controller}", *map(str, command)], horovodrun_env(), timeout,
+               check)
+
+
+def run(argv: list[str], env: dict, timeout: float, check: bool):
+    """Run a launcher's command line; with ``check``, a non-zero exit fails with its output."""
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -46,9 +51,7 @@ def train(ranks: int, controller: str, file, out: Path, *args, **kwargs):
 
 
 def jax_env() -> dict:
-    # One XLA CPU thread per process: the processes share this 2-core machine.
-    return dict(horovodrun_env(), KERAS_BACKEND="jax",
-                XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    return dict(horovodrun_env(), KERAS_BACKEND="jax")
 
 
 def mpirun(ranks: int) -> list[str]:
@@ -56,19 +59,14 @@ def mpirun(ranks: int) -> list[str]:
     argv = ["mpirun", "-np", str(ranks), "--oversubscribe", "--bind-to", "none"]
     if os.geteuid() == 0:
         argv.append("--allow-run-as-root")
-    for variable in ("KERAS_BACKEND", "XLA_FLAGS", "HDF5_USE_FILE_LOCKING", "PYTHONUNBUFFERED", "PATH",
-                     "TF_CPP_MIN_LOG_LEVEL"):
+    for variable in ("KERAS_BACKEND", "HDF5_USE_FILE_LOCKING", "PYTHONUNBUFFERED", "PATH", "TF_CPP_MIN_LOG_LEVEL"):
         argv += ["-x", variable]
     return argv
 
 
 def launch_jax(ranks: int, *command, timeout: float = 300, check: bool = True):
     """Run ``command`` on ``ranks`` processes with ``mpirun`` and KERAS_BACKEND=jax (the JAX engine)."""
-    argv = [*mpirun(ranks), *map(str, command)]
-    result = subprocess.run(argv, env=jax_env(), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
+    return run([*mpirun(ranks), *map(str, command)], jax_env(), timeout, check)
 
 
 def weights(out: Path, rank: int) -> list[np.ndarray]:

@@ -30,14 +30,19 @@ def second_local_host() -> str:
     pytest.fail("this machine has no non-loopback IPv4 address; the elastic tests need one")
 
 
+def discovery_script(tmp_path, more: str = ""):
+    """A host discovery script: localhost and this machine's other address, one slot each, then ``more``."""
+    discover = tmp_path / "discover_hosts.sh"
+    discover.write_text(f"#!/bin/sh\necho localhost:1\necho {second_local_host()}:1\n{more}exit 0\n")
+    discover.chmod(0o755)
+    return discover
+
+
 def elastic(tmp_path, small_file, *args, add_back=False, victim=1, timeout=300):
     """horovodrun in elastic mode on two one-slot hosts, ``victim`` killed at epoch 1, step 4.
     ``add_back``: once it is dead, the discovery script also lists a third host name of this
     machine (127.0.0.1), so a slot comes back as a new host."""
-    discover = tmp_path / "discover_hosts.sh"
-    extra = f'[ -e {tmp_path / "killed"} ] && echo 127.0.0.1:1\n' if add_back else ""
-    discover.write_text(f"#!/bin/sh\necho localhost:1\necho {second_local_host()}:1\n{extra}exit 0\n")
-    discover.chmod(0o755)
+    discover = discovery_script(tmp_path, f'[ -e {tmp_path / "killed"} ] && echo 127.0.0.1:1\n' if add_back else "")
     argv = ["horovodrun", "--gloo", "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
             str(discover)]
     argv += [sys.executable, str(WORKER), str(small_file), str(tmp_path / "out"), "--elastic", "--batch-size", "4",
@@ -85,9 +90,7 @@ def test_a_slot_added_back_gets_a_new_rank_that_receives_the_state(tmp_path, sma
 
 def test_launch_horovodrun_elastic_runs_the_cli(tmp_path, small_file):
     """launch/horovodrun.sh --elastic: horovodrun in elastic mode on Gloo, `train --elastic`."""
-    discover = tmp_path / "discover_hosts.sh"
-    discover.write_text(f"#!/bin/sh\necho localhost:1\necho {second_local_host()}:1\n")
-    discover.chmod(0o755)
+    discover = discovery_script(tmp_path)
     result = subprocess.run(
         ["bash", str(ROOT / "launch" / "horovodrun.sh"), "--elastic", "-np", "2", "--min-np", "1", "--max-np", "2",
          "--host-discovery-script", str(discover), str(small_file), "--epochs", "2", "--batch-size", "4", "--width",

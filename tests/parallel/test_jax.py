@@ -102,10 +102,16 @@ def test_a_killed_process_ends_the_job(small_file, tmp_path):
     assert not list(tmp_path.glob("rank*.json"))
 
 
+def cli_env() -> dict:
+    """A user's environment for the CLI with DH5_ENGINE=jax: the CLI sets KERAS_BACKEND itself."""
+    env = dict(jax_env(), DH5_ENGINE="jax")
+    del env["KERAS_BACKEND"]
+    return env
+
+
 def test_cli_with_launch_mpirun(small_file, tmp_path):
     """DH5_ENGINE=jax launch/mpirun.sh: the README's command, one summary line for the job."""
-    env = dict(jax_env(), DH5_ENGINE="jax")
-    del env["KERAS_BACKEND"]  # the CLI sets it from the engine
+    env = cli_env()
     result = subprocess.run(
         ["bash", str(ROOT / "launch" / "mpirun.sh"), "-np", "2", str(small_file), "--epochs", "2", "--batch-size",
          "4", "--width", "4", "--depth", "1", "--learning-rate", "0.01", "--checkpoint-dir", str(tmp_path / "ck"),
@@ -124,8 +130,7 @@ def test_evaluate_and_predict_on_two_jax_processes_equal_one(small_file, tmp_pat
     """`evaluate --engine jax` and `predict --engine jax` under mpirun -np 2: each process its
     share on a process-local model, sums combined; the same figures and CSV as one process."""
     cli = str(Path(sys.executable).parent / "distributed-h5")
-    env = dict(jax_env(), DH5_ENGINE="jax")
-    del env["KERAS_BACKEND"]  # the CLI sets it from the engine
+    env = cli_env()
 
     def run(*argv):
         result = subprocess.run(list(map(str, argv)), env=env, capture_output=True, text=True, timeout=300)

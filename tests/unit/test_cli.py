@@ -85,15 +85,25 @@ def test_an_engine_that_does_not_fit_the_backend_is_one_line(tmp_path, env, args
 
 
 def test_jax_engine_trains_in_one_process(tmp_path):
-    """`--engine jax` alone (no launcher): Keras on JAX, one process, no TensorFlow in the step."""
+    """`--engine jax` with no launcher: Keras on JAX, one process. Run from a batch script's
+    environment (a job of 2 tasks, outside srun), as a user's sbatch script would, it is still
+    one process; under horovodrun it is one line."""
     from distributed_h5 import make_synthetic
 
     path = make_synthetic(tmp_path / "d.h5", samples=24, frames=2, channels=1, size=(8, 8), classes=2, progress=False)
-    result = run_cli("train", path, "--engine", "jax", "--epochs", 1, "--batch-size", 4, "--width", 2, "--depth", 1,
-                     "--verbose", 0, env={"DH5_ENGINE": ""})
+    args = ("train", path, "--engine", "jax", "--epochs", 1, "--batch-size", 4, "--width", 2, "--depth", 1,
+            "--verbose", 0)
+    batch_script = {"DH5_ENGINE": "", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "0"}
+    result = run_cli(*args, env=batch_script)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = result.stdout.splitlines()[-1]
     assert summary.startswith("summary: ranks=1 epochs=1 accuracy=") and "val_loss=" in summary, result.stdout
+    result = run_cli(*args, env={"DH5_ENGINE": "", "HOROVOD_RANK": "0", "HOROVOD_SIZE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]  # one rank of horovodrun: nothing to join
+    result = run_cli(*args, env={"DH5_ENGINE": "", "HOROVOD_RANK": "0", "HOROVOD_SIZE": "2"})
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (1, (
+        "distributed-h5 train: error: the jax engine runs under mpirun or srun, which JAX finds on its own; "
+        "horovodrun starts the horovod engine (leave out --engine jax / DH5_ENGINE=jax)"))
 
 
 def test_elastic_outside_an_elastic_launch_is_one_line(tmp_path):
