@@ -327,6 +327,33 @@ def decode(path: str | os.PathLike, *, frames: int, size: tuple[int, int], chann
 
 
 # --- the job -------------------------------------------------------------------------------
+def _check_not_an_input(out, source, classes_from: str, split_file) -> None:
+    """Refuse (ValueError, one line) an ``out`` that would overwrite an input: SRC itself, a path
+    inside SRC (with ``classes_from="folders"``, where SRC is searched), the labels CSV or the
+    split file. Paths are compared resolved, so a symlink or ``..`` does not slip through."""
+    target = Path(out).resolve()
+    folder = Path(source).resolve()
+    fix = "convert would overwrite its own input; write OUT elsewhere"
+    if target == folder:
+        raise ValueError(f"output {out} is SRC itself; {fix}")
+    if classes_from == "folders" and folder in target.parents:
+        raise ValueError(f"output {out} lies inside SRC {source}, the folder searched for videos (the file, or its "
+                         f"parts folder, would be listed next time); {fix}")
+    for flag, given in (("--classes-from", classes_from if classes_from != "folders" else None),
+                        ("--split-file", split_file)):
+        if given is not None and target == Path(given).resolve():
+            raise ValueError(f"output {out} is the {flag} file {given}; {fix}")
+
+
+def _check_not_a_video(out: Path, videos: list[Video], root: Path, table: str) -> None:
+    """Refuse an ``out`` that is one of the videos a CSV lists (compared resolved)."""
+    target = out.resolve()
+    for video in videos:
+        if (root / video.path).resolve() == target:
+            raise ValueError(f"output {out} is the video {video.path} listed in {table}; convert would overwrite its "
+                             "own input; write OUT elsewhere")
+
+
 def _world():
     """(rank, size, comm) when a launcher started several tasks, else (0, 1, None) without touching
     MPI. Refuses (RuntimeError) when MPI sees one process where the launcher started several."""
@@ -449,6 +476,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         raise ValueError(f"split_side must be one of {SPLIT_SIDES}. Received: split_side={split_side!r}")
     if frames < 1 or min(size) < 1 or part_videos < 1:
         raise ValueError(f"frames, size and part_videos must be >= 1. Received: {frames}, {size}, {part_videos}")
+    _check_not_an_input(out, source, classes_from, split_file)
     out = check_output(out)  # on every rank, so each reports the same line before any work
     try:
         import av  # noqa: F401  (decode needs it; without this check every video would fail alike)
@@ -458,6 +486,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
     videos, class_names, root, unlisted = list_videos(source, classes_from)
     if not videos:
         raise ValueError(f"no video files found under {source}")
+    if classes_from != "folders":  # a CSV may list videos anywhere: OUT must not be one of them
+        _check_not_a_video(out, videos, root, classes_from)
     subsets = None
     if split_file is not None:  # on every rank, so each reports the same line before any work
         subsets = subsets_from_split(read_split_file(split_file, videos), len(videos), split_side)

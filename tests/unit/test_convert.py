@@ -335,3 +335,65 @@ def test_a_split_file_that_is_missing_or_lists_everything(ucf, tmp_path):
                      "--split-file", everything)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "puts all 12 videos on the validation side" in result.stderr
+
+
+def small_source(tree, tmp_path):
+    """SRC with one video in each of two classes, copied from ``tree``; returns SRC and the videos' bytes."""
+    root, _ = tree
+    source = tmp_path / "src"
+    for name in ("blue", "red"):
+        (source / name).mkdir(parents=True)
+        shutil.copy(root / name / f"{name}_0.mp4", source / name)
+    return source, {path: path.read_bytes() for path in source.rglob("*.mp4")}
+
+
+@pytest.mark.parametrize("case", ["a video", "SRC itself", "inside SRC", "a symlink to a video", "the labels CSV",
+                                  "a video the CSV lists", "the split file"])
+def test_an_output_that_is_an_input_is_refused_before_any_work(tree, tmp_path, case):
+    source, originals = small_source(tree, tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nblue/blue_0.mp4,cold\nred/red_0.mp4,warm\n")
+    split_file = tmp_path / "testlist.txt"
+    split_file.write_text("red/red_0.mp4\n")
+    extra = []
+    fix = "convert would overwrite its own input; write OUT elsewhere"
+    if case == "a video":
+        out = source / "blue" / "blue_0.mp4"
+        message = (f"output {out} lies inside SRC {source}, the folder searched for videos (the file, or its parts "
+                   f"folder, would be listed next time); {fix}")
+    elif case == "SRC itself":
+        out, message = source, f"output {source} is SRC itself; {fix}"
+    elif case == "inside SRC":
+        out = source / "videos.h5"
+        message = (f"output {out} lies inside SRC {source}, the folder searched for videos (the file, or its parts "
+                   f"folder, would be listed next time); {fix}")
+    elif case == "a symlink to a video":
+        out = tmp_path / "link.h5"
+        out.symlink_to(source / "red" / "red_0.mp4")
+        message = (f"output {out} lies inside SRC {source}, the folder searched for videos (the file, or its parts "
+                   f"folder, would be listed next time); {fix}")
+    elif case == "the labels CSV":
+        out, extra = labels, ["--classes-from", labels]
+        message = f"output {out} is the --classes-from file {labels}; {fix}"
+    elif case == "a video the CSV lists":  # SRC is only where the CSV's paths start: OUT may lie in it, not be a video
+        out, extra = source / "red" / "red_0.mp4", ["--classes-from", labels]
+        message = f"output {out} is the video red/red_0.mp4 listed in {labels}; {fix}"
+    else:
+        out, extra = split_file, ["--split-file", split_file]
+        message = f"output {out} is the --split-file file {split_file}; {fix}"
+    before = sorted(tmp_path.rglob("*"))
+    result = run_cli("convert", source, out, "--frames", 4, "--size", 12, 16, *extra)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"distributed-h5 convert: error: {message}\n")
+    assert {path: path.read_bytes() for path in source.rglob("*.mp4")} == originals  # inputs untouched
+    assert labels.read_text() == "path,label\nblue/blue_0.mp4,cold\nred/red_0.mp4,warm\n"
+    assert split_file.read_text() == "red/red_0.mp4\n"
+    assert sorted(tmp_path.rglob("*")) == before  # no parts, no .partial, no probe
+
+
+def test_a_csv_run_may_write_inside_the_folder_its_paths_start_from(tree, tmp_path):
+    source, _ = small_source(tree, tmp_path)
+    labels = source / "labels.csv"
+    labels.write_text("path,label\nblue/blue_0.mp4,cold\nred/red_0.mp4,warm\n")
+    result = run_cli("convert", source, source / "videos.h5", "--frames", 4, "--size", 12, 16, "--classes-from", labels)
+    assert result.returncode == 0, result.stderr
+    assert describe(source / "videos.h5").sample_count == 2
