@@ -28,6 +28,7 @@ mpi4py; no TensorFlow.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -93,27 +94,56 @@ class Listing(NamedTuple):
     problems: list[tuple[str, str]]  # (path, reason): folders that could not be read, links not followed
 
 
-def _scan(folder: Path, source: Path, problems: list[tuple[str, str]]) -> list[Path]:
-    """The video files under ``folder``, sorted by path; unreadable folders and directory links go to ``problems``.
+def shown(name: str) -> str:
+    """``name`` as printable UTF-8 text: the bytes of a file name that is not UTF-8 (which Python
+    decodes to surrogates) shown as ``\\xNN`` escapes."""
+    return name.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
 
-    Directory symlinks are never followed: one pointing back into the tree (``all -> .``)
-    would duplicate videos, one pointing out of it would pull in videos from elsewhere.
+
+def _kind(entry: os.DirEntry) -> tuple[str, str]:
+    """What a directory entry is to the listing: ``("dir" | "file" | "other" | "skipped", reason)``.
+
+    Skipped, with the reason: a name that is not UTF-8 (the output stores names as UTF-8), a
+    directory symlink (never followed: ``all -> .`` would duplicate videos, a link out of the
+    tree would pull in videos from elsewhere) and a symlink that cannot be followed (a loop, or
+    to nothing).
     """
+    if shown(entry.name) != entry.name:
+        return "skipped", "the name is not valid UTF-8 (the output stores names as UTF-8); rename it; not converted"
+    try:
+        if entry.is_symlink():
+            target = shown(os.readlink(entry.path))
+            try:
+                os.stat(entry.path)
+            except OSError as exc:
+                return "skipped", f"a symlink (to {target}) that cannot be followed ({exc.strerror}); not followed"
+            if entry.is_dir():
+                return "skipped", f"a directory symlink (to {target}); not followed"
+        elif entry.is_dir(follow_symlinks=False):
+            return "dir", ""
+        return ("file" if entry.is_file() else "other"), ""
+    except OSError as exc:
+        return "skipped", f"cannot be read ({exc.strerror}); not converted"
+
+
+def _scan(folder: Path, source: Path, problems: list[tuple[str, str]]) -> list[Path]:
+    """The video files under ``folder``, sorted by path; what is not searched goes to ``problems``
+    (unreadable folders, and the entries :func:`_kind` skips), and the listing goes on."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as exc:
-        problems.append((str(folder.relative_to(source)), f"folder cannot be read ({exc.strerror}); its videos "
-                                                          "are not converted"))
+        problems.append((shown(str(folder.relative_to(source))), f"folder cannot be read ({exc.strerror}); its videos "
+                                                                 "are not converted"))
         return []
     found = []
     for entry in entries:
         path = Path(entry.path)
-        if entry.is_symlink() and entry.is_dir():
-            problems.append((str(path.relative_to(source)), f"a directory symlink (to {os.readlink(path)}); "
-                                                            "not followed"))
-        elif entry.is_dir(follow_symlinks=False):
+        kind, reason = _kind(entry)
+        if kind == "skipped":
+            problems.append((shown(str(path.relative_to(source))), reason))
+        elif kind == "dir":
             found += _scan(path, source, problems)
-        elif path.suffix.lower() in VIDEO_SUFFIXES and entry.is_file():
+        elif kind == "file" and path.suffix.lower() in VIDEO_SUFFIXES:
             found.append(path)
     return found
 
@@ -127,9 +157,10 @@ def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> Lis
             raise ValueError(f"SRC must be a folder of class folders with classes_from='folders'. Received: {source}")
         names = []
         for entry in sorted(os.scandir(source), key=lambda entry: entry.name):
-            if entry.is_symlink() and entry.is_dir():  # not a class: see _scan
-                problems.append((entry.name, f"a directory symlink (to {os.readlink(entry.path)}); not followed"))
-            elif entry.is_dir(follow_symlinks=False):
+            kind, reason = _kind(entry)
+            if kind == "skipped":  # not a class (see _kind); its videos are not converted
+                problems.append((shown(entry.name), reason))
+            elif kind == "dir":
                 names.append(entry.name)
         if not names:
             raise ValueError(f"{source} has no class folders; expected SRC/<class>/<video>")
@@ -140,8 +171,17 @@ def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> Lis
     table = Path(classes_from)
     if not table.is_file():
         raise ValueError(f"classes_from must be 'folders' or a CSV file of path,label. Received: {classes_from!r}")
-    with table.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    except UnicodeDecodeError:
+        try:  # again, whole, for the position in the file (the decoder saw it a block at a time)
+            table.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise ValueError(f"--classes-from {table}: line {line} is not valid UTF-8 ({exc.reason} at byte "
+                             f"{exc.start}); save the CSV as UTF-8") from exc
+        raise
     if rows and rows[0][:2] == ["path", "label"]:
         rows = rows[1:]
     bad = [i for i, row in enumerate(rows) if len(row) != 2]
@@ -362,6 +402,33 @@ def _world():
     return rank, size, comm
 
 
+RESERVE_SLACK = 256 * 1024  # bytes reserved beyond the clips for HDF5's metadata, and per clip below
+RESERVE_PER_CLIP = 4096
+NOT_RESERVABLE = {getattr(errno, name) for name in ("EOPNOTSUPP", "ENOTSUP", "EINVAL", "ENOSYS") if hasattr(errno, name)}
+
+
+def _reserve(partial: Path, data_bytes: int, clips: int) -> None:
+    """Fail with an OSError (naming the folder and the bytes) unless the space to write ``partial``
+    can be allocated now.
+
+    HDF5 cannot recover from a write that fails for space or quota: the file's close fails,
+    and h5py then crashes the process when it frees the file. So the bytes are allocated
+    (``posix_fallocate``, which quotas count) in a scratch file first, then released for the
+    real write. File systems that cannot allocate ahead are not checked.
+    """
+    size = data_bytes + RESERVE_SLACK + RESERVE_PER_CLIP * clips
+    scratch = partial.with_name(partial.name + ".space")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in NOT_RESERVABLE:
+            raise OSError(exc.errno, f"{exc.strerror}: {size} bytes are needed to write {partial.name}") from exc
+    finally:
+        os.close(fd)
+        scratch.unlink(missing_ok=True)
+
+
 @contextmanager
 def _removed_on_failure(partial: Path):
     """Delete ``partial`` if the block fails or is interrupted: no temporary file is left behind."""
@@ -377,6 +444,7 @@ def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options
     frames, (rows, cols), channels = options["frames"], options["size"], options["channels"]
     partial = path.with_name(path.name + ".partial")
     failures, index, counts, rates = [], [], [], []
+    _reserve(partial, len(videos) * frames * channels * rows * cols, len(videos))
     with _removed_on_failure(partial), h5py.File(partial, "w") as file:
         x = file.create_dataset("X", shape=(0, frames, channels, rows, cols), maxshape=(None, frames, channels, rows, cols),
                                 dtype=np.uint8, chunks=(1, frames, channels, rows, cols))
@@ -416,6 +484,8 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
     partial = out.with_name(out.name + ".partial")
     chunks = (1, frames, channels, rows, cols) if options["chunks"] == "clip" else None
     compression = None if options["compression"] == "none" else options["compression"]
+    # Compressed, the size is not known before writing; the reservation then covers only the rest.
+    _reserve(partial, total * frames * channels * rows * cols if compression is None else 0, total)
     with _removed_on_failure(partial), h5py.File(partial, "w") as file:
         x = file.create_dataset("X", shape=(total, frames, channels, rows, cols), dtype=np.uint8,
                                 chunks=chunks, compression=compression)
@@ -509,63 +579,84 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
     def videos_done() -> int:  # in parts on disk, whichever rank wrote them
         return sum(min(part_videos, len(videos) - p * part_videos) for p in range(part_count) if parts[p].exists())
 
-    resumed = 0
-    if rank == 0:
-        if not resume and parts_dir.exists():
-            shutil.rmtree(parts_dir)
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        for counter in counters:  # left by an interrupted run
-            counter.unlink(missing_ok=True)
-        resumed = videos_done()  # no rank writes a part before the barrier below
-    if comm is not None:
-        comm.Barrier()
-
-    # Rank 0's bar counts every rank's videos: each rank writes how many it has done to its
-    # counter file after every video, and rank 0 adds them up.
-    bar = tqdm(total=len(videos), unit="video", desc=f"converting on {size_} rank(s)",
-               disable=not progress or rank != 0, initial=resumed)
-    done_here = 0
-
-    def show_progress() -> None:
-        bar.n = resumed + videos_counted(counters)
-        bar.refresh()
-
-    def on_video() -> None:
-        nonlocal done_here
-        done_here += 1
-        _count_videos(counters[rank], done_here)
+    bar = None
+    try:
+        resumed = 0
         if rank == 0:
-            show_progress()
+            if not resume and parts_dir.exists():
+                shutil.rmtree(parts_dir)
+            parts_dir.mkdir(parents=True, exist_ok=True)
+            for counter in counters:  # left by an interrupted run
+                counter.unlink(missing_ok=True)
+            resumed = videos_done()  # no rank writes a part before the barrier below
+        if comm is not None:
+            comm.Barrier()
 
-    for p in range(rank, part_count, size_):
-        if parts[p].exists():  # completed before an interruption (resume)
-            continue
-        _write_part(parts[p], list(enumerate(videos))[p * part_videos : (p + 1) * part_videos], root, options, on_video)
-    if comm is not None:
-        # Every part is on disk before rank 0 joins them. A non-blocking barrier polled
-        # gently: rank 0 keeps its bar moving with the others' videos, and ranks that are
-        # done do not busy-wait on cores that ranks still decoding need.
-        request = comm.Ibarrier()
-        while not request.Test():
+        # Rank 0's bar counts every rank's videos: each rank writes how many it has done to its
+        # counter file after every video, and rank 0 adds them up.
+        bar = tqdm(total=len(videos), unit="video", desc=f"converting on {size_} rank(s)",
+                   disable=not progress or rank != 0, initial=resumed)
+        done_here = 0
+
+        def show_progress() -> None:
+            bar.n = resumed + videos_counted(counters)
+            bar.refresh()
+
+        def on_video() -> None:
+            nonlocal done_here
+            done_here += 1
+            _count_videos(counters[rank], done_here)
             if rank == 0:
                 show_progress()
-            time.sleep(PROGRESS_SECONDS)
-    if rank == 0:
-        bar.n = videos_done()
-    bar.close()
-    summary = Summary(unlisted=unlisted)
-    if rank == 0:
-        for part in parts:
-            with h5py.File(part, "r") as file:
-                summary.failed += [tuple(item) for item in json.loads(file.attrs["failures"])]
-        summary.converted = _join(out, parts, videos, class_names, options, subsets,
-                                  f"{Path(split_file).name} lists the {split_side} videos" if split_file else "")
-        if summary.converted:
-            shutil.rmtree(parts_dir)
+
+        for p in range(rank, part_count, size_):
+            if parts[p].exists():  # completed before an interruption (resume)
+                continue
+            _write_part(parts[p], list(enumerate(videos))[p * part_videos : (p + 1) * part_videos], root, options, on_video)
+        if comm is not None:
+            # Every part is on disk before rank 0 joins them. A non-blocking barrier polled
+            # gently: rank 0 keeps its bar moving with the others' videos, and ranks that are
+            # done do not busy-wait on cores that ranks still decoding need.
+            request = comm.Ibarrier()
+            while not request.Test():
+                if rank == 0:
+                    show_progress()
+                time.sleep(PROGRESS_SECONDS)
+        if rank == 0:
+            bar.n = videos_done()
+        bar.close()
+        summary = Summary(unlisted=unlisted)
+        if rank == 0:
+            for part in parts:
+                with h5py.File(part, "r") as file:
+                    summary.failed += [tuple(item) for item in json.loads(file.attrs["failures"])]
+            summary.converted = _join(out, parts, videos, class_names, options, subsets,
+                                      f"{Path(split_file).name} lists the {split_side} videos" if split_file else "")
+    except Exception as exc:  # an interruption (KeyboardInterrupt, a kill) keeps the parts for --resume; an error not
+        if bar is not None:
+            bar.close()
+        if rank == 0:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+        if isinstance(exc, OSError) or "errno = " in str(exc):  # a full disk, say (h5py raises RuntimeError at
+            # a close that fails to write, and its message names a temporary file, or none)
+            raise OSError(f"output {out}: writing failed in {out.parent} ({_reason(exc)}); nothing was left "
+                          "behind") from exc
+        raise
+    if rank == 0:  # the parts are joined, or held nothing
+        shutil.rmtree(parts_dir, ignore_errors=True)
     if comm is not None:
         summary = comm.bcast(summary, root=0)
         summary.rank = rank
     return summary
+
+
+def _reason(exc: Exception) -> str:
+    """Why a write failed, in a few words: h5py puts the errno deep in a long message."""
+    if getattr(exc, "strerror", None):
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    found = re.search(r"errno = (\d+)", text)
+    return os.strerror(int(found.group(1))) if found else text
 
 
 def _count_videos(counter: Path, count: int) -> None:

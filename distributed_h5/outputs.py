@@ -22,6 +22,9 @@ def check_output(path: str | os.PathLike) -> Path:
     folder = path.parent
     if path.is_dir():
         raise ValueError(f"output {path} is a directory, expected a file path such as {path / 'data.h5'}")
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: the rename at the end would replace it
+        raise ValueError(f"output {path} exists and is not a regular file; expected a file path (it is written "
+                         "under a temporary name and renamed over OUT)")
     if not folder.exists():
         raise ValueError(f"output {path}: directory {folder} does not exist; create it first")
     if not folder.is_dir():

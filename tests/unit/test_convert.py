@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -397,3 +398,72 @@ def test_a_csv_run_may_write_inside_the_folder_its_paths_start_from(tree, tmp_pa
     result = run_cli("convert", source, source / "videos.h5", "--frames", 4, "--size", 12, 16, "--classes-from", labels)
     assert result.returncode == 0, result.stderr
     assert describe(source / "videos.h5").sample_count == 2
+
+
+def test_links_that_cannot_be_followed_and_names_that_are_not_utf8_are_listed_and_the_run_goes_on(tree, tmp_path):
+    source, _ = small_source(tree, tmp_path)
+    (source / "loop").symlink_to("loop")  # a class folder that is a link to itself
+    (source / "blue" / "self.mp4").symlink_to("self.mp4")
+    (source / "blue" / "gone.mp4").symlink_to("nowhere.mp4")
+    shutil.copy(source / "blue" / "blue_0.mp4", os.path.join(os.fsencode(source / "blue"), b"caf\xe9.mp4"))
+    latin = os.path.join(os.fsencode(source), b"\xffred")  # a class folder whose name is Latin-1, not UTF-8
+    os.mkdir(latin)
+    shutil.copy(source / "red" / "red_0.mp4", os.path.join(latin, b"red_1.mp4"))
+    out = tmp_path / "out.h5"
+    not_utf8 = "the name is not valid UTF-8 (the output stores names as UTF-8); rename it; not converted"
+    loop = "that cannot be followed (Too many levels of symbolic links); not followed"
+    expected = (f"converted 2 video(s) into {out}\n"
+                "5 folder(s) or link(s) not searched for videos:\n"
+                f"  loop: a symlink (to loop) {loop}\n"
+                f"  \\xffred: {not_utf8}\n"
+                f"  blue/caf\\xe9.mp4: {not_utf8}\n"
+                "  blue/gone.mp4: a symlink (to nowhere.mp4) that cannot be followed (No such file or directory); "
+                "not followed\n"
+                f"  blue/self.mp4: a symlink (to self.mp4) {loop}\n")
+    result = run_cli("convert", source, out, "--frames", 4, "--size", 12, 16)
+    assert (result.returncode, result.stdout) == (0, expected), result.stderr
+    with h5py.File(out, "r") as file:
+        assert [p.decode() for p in file["source_paths"][:]] == ["blue/blue_0.mp4", "red/red_0.mp4"]
+        assert list(file.attrs["class_names"]) == ["blue", "red"]
+    assert not list(tmp_path.glob("out.h5.parts-*"))
+    strict = run_cli("convert", source, tmp_path / "strict.h5", "--frames", 4, "--size", 12, 16, "--strict")
+    assert (strict.returncode, strict.stdout) == (1, expected.replace(str(out), str(tmp_path / "strict.h5")))
+
+
+def test_a_labels_csv_that_is_not_utf8_is_one_line(tree, tmp_path):
+    source, _ = small_source(tree, tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"path,label\nblue/blue_0.mp4,cold\nred/red_0.mp4,caf\xe9\n")
+    out = tmp_path / "out.h5"
+    result = run_cli("convert", source, out, "--frames", 4, "--size", 12, 16, "--classes-from", labels)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        f"distributed-h5 convert: error: --classes-from {labels}: line 3 is not valid UTF-8 (invalid continuation "
+        "byte at byte 49); save the CSV as UTF-8\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "src"]
+
+
+@contextmanager
+def tmpfs(folder, size):
+    """A tmpfs of ``size`` mounted on ``folder`` (root only), unmounted after."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(tree, tmp_path):
+    source, _ = small_source(tree, tmp_path)
+    with tmpfs(tmp_path / "small", "64k") as small:
+        out = small / "out.h5"
+        result = run_cli("convert", source, out, "--frames", 8, "--size", 48, 64)
+        left = sorted(p.name for p in small.iterdir())
+    assert result.returncode == 2  # not a crash: HDF5 never meets the full disk
+    assert result.stderr.splitlines()[-1] == (
+        f"distributed-h5 convert: error: output {out}: writing failed in {small} (No space left on device: "
+        f"{2 * 8 * 3 * 48 * 64 + 256 * 1024 + 2 * 4096} bytes are needed to write part-000000.h5.partial); nothing "
+        "was left behind")
+    assert left == []

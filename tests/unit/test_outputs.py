@@ -80,3 +80,17 @@ def test_make_synthetic_leaves_no_partial_when_interrupted(tmp_path):
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, command):
+    """A FIFO here; /dev/null or /dev/full alike: the rename at the end would replace the device."""
+    source = tmp_path / "videos"
+    source.mkdir()
+    out = tmp_path / "fifo.h5"
+    os.mkfifo(out)
+    result = run_cli(*COMMANDS[command](out, source))
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        f"distributed-h5 {command}: error: output {out} exists and is not a regular file; expected a file path (it is "
+        "written under a temporary name and renamed over OUT)\n"))
+    assert out.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["fifo.h5", "videos"]
