@@ -92,16 +92,24 @@ class RunConfig:
 
 
 def fingerprint(path: str | os.PathLike, sample_count: int) -> str:
-    """X's shape and dtype and a SHA-256 of the first ``sample_count`` rows of Y: cheap, and
-    the same for a copy of the file anywhere (a node-local staged copy, say)."""
+    """A SHA-256 of X's shape and dtype, the first ``sample_count`` rows of Y, and the clips
+    :func:`dataset.probe_indices` names (the first, the last and six spread between, as the
+    reader's open-time probe reads them): cheap, and the same for a copy of the file anywhere
+    (a node-local staged copy, say, or one rechunked or recompressed: only values are hashed).
+    Two files with the same labels and other clips at those rows differ; a file changed only
+    in clips between them does not."""
     import h5py
+
+    from .dataset import probe_indices, read_clips
 
     digest = hashlib.sha256()
     with h5py.File(path, "r", locking=False) as file:
         x, y = file["X"], file["Y"]
         digest.update(f"{x.shape}|{x.dtype.str}|{y.shape}|{y.dtype.str}|{sample_count}".encode())
-        for start in range(0, sample_count, 65536):
-            digest.update(np.ascontiguousarray(y[start : min(start + 65536, sample_count)]).tobytes())
+        block = max(1, min(65536, (16 << 20) // max(1, y.shape[1] * y.dtype.itemsize)))  # bounded memory per read
+        for start in range(0, sample_count, block):
+            digest.update(np.ascontiguousarray(y[start : min(start + block, sample_count)]).tobytes())
+        digest.update(read_clips(file, probe_indices(sample_count)).tobytes())  # native order, C-contiguous
     return digest.hexdigest()[:16]
 
 
@@ -182,9 +190,42 @@ def save(model, path: Path, position: Position, config: RunConfig | None, **extr
         with open(partial, "rb") as written:
             os.fsync(written.fileno())
         os.replace(partial, path)
+    except OSError as exc:  # a full disk, say: name the checkpoint (Keras' and zipfile's errors do not)
+        raise OSError(exc.errno, f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+# What a run leaves in its checkpoint or log directory besides PATTERN's checkpoints.
+RUN_FILES = (BEST, PREEMPTED_MARKER, "training.csv", "training.png", "tensorboard")
+
+
+def run_files(directory) -> list[Path]:
+    """The files of a run in ``directory``: its checkpoints, logs and markers (sorted)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted([path for _, path in list_checkpoints(directory)]
+                  + [directory / name for name in RUN_FILES if (directory / name).exists()])
+
+
+def set_aside(directory, files) -> Path:
+    """Move ``files`` (a previous run's) into a new ``replaced-YYYYmmdd-HHMMSS[-N]`` folder
+    of ``directory`` and return it: ``--overwrite`` replaces a run without deleting it."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        aside = Path(directory) / (f"replaced-{stamp}" + (f"-{attempt}" if attempt else ""))
+        try:
+            aside.mkdir()
+            break
+        except FileExistsError:
+            continue
+    for path in files:
+        os.replace(path, aside / path.name)
+    return aside
 
 
 def prune(directory: Path, keep: int) -> None:

@@ -24,6 +24,7 @@ followed; one whose target cannot be opened is a :class:`DatasetError`.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 import h5py
@@ -31,9 +32,11 @@ import numpy as np
 
 from .sharding import SPLITS
 
-LABEL_BLOCK = 65536  # rows of Y validated per read, so label loading needs bounded memory
+LABEL_BLOCK_BYTES = 16 << 20  # bytes of Y validated per read, so label loading needs bounded memory
+LABEL_BLOCK = 65536  # and at most this many rows
 PROBE_CLIPS = 8  # clips read at open (first, last and spread between) to catch unreadable data early
 BAD_ROWS_SHOWN = 5  # bad label rows named in the error
+BYTES_PER_SAMPLE = 16  # memory each sample in use costs before any clip: its label and its place in the orders
 
 
 class DatasetError(ValueError):
@@ -64,17 +67,41 @@ class DatasetInfo:
         return int(np.prod(self.clip_shape)) * self.dtype.itemsize
 
 
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_a_regular_file(path: str) -> str | None:
+    """What ``path`` is, in words, when it is not a regular file (symlinks followed); None when it is one.
+
+    Checked before any open: opening a FIFO for reading blocks until some writer opens it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
+    resolved = os.path.realpath(path)
+    return f"is {kind}" + (f" (the link resolves to {resolved})" if resolved != os.path.abspath(path) else "")
+
+
 def open_file(path: str | os.PathLike, *, locking: bool = False) -> h5py.File:
     """Open ``path`` read-only, turning every failure into a :class:`DatasetError`.
 
-    HDF5 file locking is off by default: it fails on many parallel file systems, and
-    nothing here writes. Pass ``locking=True`` to turn it back on.
+    Anything but a regular file (after following symlinks) is refused before it is opened:
+    a FIFO would block forever. HDF5 file locking is off by default: it fails on many
+    parallel file systems, and nothing here writes. Pass ``locking=True`` to turn it back on.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    problem = not_a_regular_file(path)
+    if problem == "no such file":
         raise DatasetError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise DatasetError(f"{path}: is a directory, expected an HDF5 file")
+    if problem:
+        raise DatasetError(f"{path}: {problem}, expected an HDF5 file (a regular file)")
     try:
         return h5py.File(path, "r", locking=locking)
     except OSError as exc:
@@ -96,6 +123,12 @@ def _dataset(file: h5py.File, name: str) -> h5py.Dataset:
     link = file.get(name, getlink=True)
     if link is None:
         raise DatasetError(f"{path}: dataset '{name}' is missing; expected datasets 'X' and 'Y'")
+    if isinstance(link, h5py.ExternalLink):
+        target = _link_target(file, link)
+        problem = target and not_a_regular_file(target)
+        if problem:  # HDF5 would open it, and a FIFO blocks
+            raise DatasetError(f"{path}: '{name}' is an external link to {target}, which {problem}; "
+                               "expected an HDF5 file (a regular file)")
     try:
         obj = file[name]
     except (KeyError, OSError) as exc:
@@ -137,8 +170,14 @@ def _virtual_source_problem(dset: h5py.Dataset, locking: bool) -> str | None:
     return None
 
 
+ALLOW = "pass allow_unwritten=True (train --allow-unwritten) to read it anyway"
+
+
 def _unwritten_rows(dset: h5py.Dataset, rows_in_use: int) -> str | None:
-    """Which of the first ``rows_in_use`` rows of ``dset`` have no storage, in words, or None."""
+    """Which of the first ``rows_in_use`` rows of ``dset`` have no storage, in words, or None.
+
+    Memory grows with the chunks allocated, never with the rows declared (X may declare 2**40).
+    """
     status = dset.id.get_space_status()
     if status == h5py.h5d.SPACE_STATUS_ALLOCATED:
         return None
@@ -147,27 +186,235 @@ def _unwritten_rows(dset: h5py.Dataset, rows_in_use: int) -> str | None:
     # Partly allocated chunked storage: the rows in use must all be covered.
     chunks = dset.chunks
     per_row = int(np.prod([-(-extent // chunk) for extent, chunk in zip(dset.shape[1:], chunks[1:])]))
-    allocated = np.zeros(-(-rows_in_use // chunks[0]), dtype=np.int64)
+    chunk_rows = -(-rows_in_use // chunks[0])
+    allocated = []  # the chunk row of each allocated chunk in use
 
-    def count(info) -> None:
+    def record(info) -> None:
         if info.chunk_offset[0] < rows_in_use:
-            allocated[info.chunk_offset[0] // chunks[0]] += 1
+            allocated.append(info.chunk_offset[0] // chunks[0])
 
-    if hasattr(dset.id, "chunk_iter"):  # HDF5 >= 1.12.3
-        dset.id.chunk_iter(count)
+    _each_chunk(dset, record)
+    found, counts = np.unique(np.asarray(allocated, dtype=np.int64), return_counts=True)
+    complete = found[counts >= per_row]
+    if complete.size == chunk_rows:
+        return None
+    gaps = np.flatnonzero(complete != np.arange(complete.size))  # complete is sorted and distinct
+    first = int(gaps[0]) if gaps.size else int(complete.size)
+    return (f"has rows never written: {chunk_rows - complete.size} chunk row(s) of {chunks[0]} rows among the "
+            f"{rows_in_use} in use, the first at row {first * chunks[0]} (they would read as the fill value)")
+
+
+def _each_chunk(dset: h5py.Dataset, visit) -> None:
+    """Call ``visit`` with the StoreInfo of every allocated chunk of ``dset``."""
+    if hasattr(dset.id, "chunk_iter"):  # HDF5 >= 1.12.3: one C-level pass
+        dset.id.chunk_iter(visit)
     else:
         for i in range(dset.id.get_num_chunks()):
-            count(dset.id.get_chunk_info(i))
-    missing = np.flatnonzero(allocated < per_row)
-    if missing.size == 0:
+            visit(dset.id.get_chunk_info(i))
+
+
+MAX_HOLES = 100_000  # holes looked at per file: a file is rarely this fragmented, and each costs two lseeks
+
+
+def _holes(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (start, end) byte ranges of ``path`` that were never written (holes of a sparse file).
+
+    Empty where the file system cannot tell (it then reports the whole file as data).
+    """
+    starts, ends = [], []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        position = 0
+        while position < size and len(starts) < MAX_HOLES:
+            try:
+                hole = os.lseek(fd, position, os.SEEK_HOLE)
+            except OSError:  # SEEK_HOLE unsupported here
+                break
+            if hole >= size:
+                break
+            try:
+                position = os.lseek(fd, hole, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after the hole
+                position = size
+            starts.append(hole)
+            ends.append(position)
+    finally:
+        os.close(fd)
+    return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
+def _inside(hole_starts: np.ndarray, hole_ends: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each byte range [starts, ends) lies wholly inside one hole (holes sorted, disjoint)."""
+    which = np.searchsorted(hole_starts, starts, side="right") - 1
+    return (which >= 0) & (ends <= hole_ends[np.maximum(which, 0)])
+
+
+def _rows_in_holes(dset: h5py.Dataset, rows_in_use: int) -> str | None:
+    """Rows in use whose allocated storage was never written, found as holes of a sparse file, in words.
+
+    HDF5 allocates contiguous storage (and early-allocated chunks) without writing it when the
+    fill value is the default; the file is then extended over it, which leaves a hole the file
+    system reports. A whole clip (contiguous) or a whole chunk inside a hole was never written.
+    """
+    hole_starts, hole_ends = _holes(dset.file.filename)
+    if hole_starts.size == 0:
         return None
-    first = int(missing[0]) * chunks[0]
-    return (f"has rows never written: {missing.size} chunk row(s) of {chunks[0]} rows among the "
-            f"{rows_in_use} in use, the first at row {first} (they would read as the fill value)")
+    plist = dset.id.get_create_plist()
+    row_bytes = int(np.prod(dset.shape[1:])) * dset.dtype.itemsize
+    if plist.get_layout() == h5py.h5d.CONTIGUOUS:
+        base = dset.id.get_offset()
+        if base is None:
+            return None
+        # The rows wholly inside each hole: per hole, not per row (sample_count may be huge).
+        first_rows = np.maximum(0, -(-(hole_starts - base) // row_bytes))
+        last_rows = np.minimum(rows_in_use, (hole_ends - base) // row_bytes)  # exclusive
+        spans = last_rows > first_rows
+        if not spans.any():
+            return None
+        count, first = int((last_rows - first_rows)[spans].sum()), int(first_rows[spans].min())
+        return _hole_message(count, "clip(s)", rows_in_use, first)
+    if plist.get_layout() == h5py.h5d.CHUNKED:
+        found = []
+
+        def record(info) -> None:
+            if info.chunk_offset[0] < rows_in_use and info.byte_offset is not None:
+                found.append((info.chunk_offset[0], info.byte_offset, info.size))
+
+        _each_chunk(dset, record)
+        if not found:
+            return None
+        first_rows, offsets, sizes = np.asarray(found, dtype=np.int64).T
+        unwritten = np.unique(first_rows[_inside(hole_starts, hole_ends, offsets, offsets + sizes)])
+        what = f"chunk row(s) of {dset.chunks[0]} rows"
+        if unwritten.size:
+            return _hole_message(unwritten.size, what, rows_in_use, int(unwritten[0]))
+    return None
+
+
+def _hole_message(count: int, what: str, rows_in_use: int, first: int) -> str:
+    return (f"has storage allocated but never written (a hole in the file): {count} {what} among the "
+            f"{rows_in_use} rows in use, the first at row {first} (they read as zeros; if those clips really are "
+            "all zeros, the file was copied sparse or the file system stores zeros as holes)")
+
+
+def _external_problem(dset: h5py.Dataset, plist, rows_in_use: int) -> str | None:
+    """Why the external raw files of ``dset`` cannot give the first ``rows_in_use`` rows, or None.
+
+    They must be regular files (``/dev/zero`` reads as zeros, a FIFO blocks) holding every byte
+    of the rows in use; HDF5 reads a missing byte as zero.
+    """
+    folder = os.path.dirname(os.path.abspath(dset.file.filename))
+    row_bytes = int(np.prod(dset.shape[1:])) * dset.dtype.itemsize
+    needed, covered = rows_in_use * row_bytes, 0
+    for i in range(plist.get_external_count()):
+        if covered >= needed:
+            break
+        name, offset, size = plist.get_external(i)
+        name = name.decode()
+        found = _external_file(name, folder)
+        if not os.path.lexists(found):
+            beside = os.path.join(folder, name)
+            if not os.path.isabs(name) and os.path.lexists(beside):
+                return (f"is stored in external raw file {name}, which HDF5 looks for as {os.path.abspath(found)}, "
+                        f"where it is missing; it is in {folder}: run from there or set "
+                        "HDF5_EXTFILE_PREFIX='${ORIGIN}' (the file's folder)")
+            return f"is stored in external raw file {name}, which is missing"
+        problem = not_a_regular_file(found)
+        if problem:
+            return (f"is stored in external raw file {name}, which {problem}, expected a regular file holding the "
+                    f"clips (it would read as anything, /dev/zero as zeros); {ALLOW}")
+        wanted = needed - covered if size == h5py.h5f.UNLIMITED else min(size, needed - covered)
+        available = max(0, os.path.getsize(found) - offset)
+        if available < wanted:
+            first = (covered + available) // row_bytes
+            return (f"is stored in external raw file {name}, which has {os.path.getsize(found)} bytes; the "
+                    f"{rows_in_use} rows in use need {wanted} bytes of it from byte {offset}, so rows {first} to "
+                    f"{rows_in_use - 1} would read as zeros (is it truncated?); {ALLOW}")
+        covered += wanted
+    return None
+
+
+def _external_file(name: str, folder: str) -> str:
+    """Where HDF5 opens external raw file ``name`` of a dataset in a file in ``folder``: relative
+    names under ``HDF5_EXTFILE_PREFIX`` (``${ORIGIN}`` is that folder) when set, else the working directory."""
+    prefix = os.environ.get("HDF5_EXTFILE_PREFIX")
+    if os.path.isabs(name) or not prefix:
+        return name
+    return os.path.join(prefix.replace("${ORIGIN}", folder), name)
+
+
+MAX_MAPPED_INTERVALS = 10_000_000  # strided mappings expanded into row intervals, at most
+
+
+def _virtual_unmapped(dset: h5py.Dataset, rows_in_use: int) -> str | None:
+    """Rows in use of a virtual dataset that no mapping covers whole, in words, or None.
+
+    A mapping covers a row when it selects all of the row (every frame, channel, row and col);
+    rows covered only in part by several mappings are counted as not covered.
+    """
+    extent = dset.shape
+    starts, ends = [], []
+    for source in dset.virtual_sources():
+        space = source.vspace
+        kind = space.get_select_type()
+        if kind == h5py.h5s.SEL_ALL:
+            starts.append(0)
+            ends.append(extent[0])
+            continue
+        if kind != h5py.h5s.SEL_HYPERSLABS:
+            continue
+        if space.is_regular_hyperslab():
+            first, stride, count, block = space.get_regular_hyperslab()
+            full = all(
+                first[d] == 0 and (count[d] == h5py.h5s.UNLIMITED or
+                                   (count[d] == 1 or stride[d] == block[d]) and count[d] * block[d] >= extent[d])
+                for d in range(1, len(extent)))
+            if not full:
+                continue
+            if count[0] == h5py.h5s.UNLIMITED:  # grows with its sources (printf-style VDS)
+                starts.append(first[0])
+                ends.append(extent[0])
+            elif count[0] == 1 or stride[0] == block[0]:
+                starts.append(first[0])
+                ends.append(first[0] + count[0] * block[0])
+            else:
+                shown = min(count[0], max(0, -(-(rows_in_use - first[0]) // stride[0])), MAX_MAPPED_INTERVALS)
+                block_starts = first[0] + stride[0] * np.arange(shown, dtype=np.int64)
+                starts.extend(block_starts.tolist())
+                ends.extend((block_starts + block[0]).tolist())
+        else:
+            for low, high in space.get_select_hyper_blocklist():  # inclusive corners of each block
+                if all(low[d] == 0 and high[d] + 1 >= extent[d] for d in range(1, len(extent))):
+                    starts.append(int(low[0]))
+                    ends.append(int(high[0]) + 1)
+    order = np.argsort(starts, kind="stable")
+    covered_to, unmapped, first = 0, 0, None
+    for start, end in zip(np.asarray(starts, dtype=np.int64)[order], np.asarray(ends, dtype=np.int64)[order]):
+        if start >= rows_in_use:
+            break
+        if start > covered_to:
+            first = covered_to if first is None else first
+            unmapped += start - covered_to
+        covered_to = max(covered_to, int(end))
+    if covered_to < rows_in_use:
+        first = covered_to if first is None else first
+        unmapped += rows_in_use - covered_to
+    if not unmapped:
+        return None
+    return (f"maps no source to {unmapped} of the {rows_in_use} rows in use, the first at row {first} "
+            "(they would read as the fill value)")
 
 
 def check_storage(file: h5py.File, sample_count: int, *, locking: bool = False) -> None:
-    """Raise :class:`DatasetError` if the first ``sample_count`` rows of X or Y would not read real data."""
+    """Raise :class:`DatasetError` if the first ``sample_count`` rows of X or Y would not read real data.
+
+    Refused: storage never allocated (wholly, or chunks of rows in use); a virtual dataset with
+    a missing source or rows in use that no mapping covers; external raw storage that is missing,
+    not a regular file or too short; allocated storage never written that the file system
+    reports as a hole (a whole clip or chunk). Not detectable: chunks written only in part and
+    storage filled with the fill value at allocation (see the README).
+    """
     path = file.filename
     for name in ("X", "Y"):
         dset = file[name]
@@ -177,20 +424,19 @@ def check_storage(file: h5py.File, sample_count: int, *, locking: bool = False) 
             problem = _virtual_source_problem(dset, locking)
             if problem:
                 raise DatasetError(f"{path}: {where} is a virtual dataset and {problem}, so it would read as the "
-                                   "fill value; pass allow_unwritten=True (train --allow-unwritten) to read it anyway")
+                                   f"fill value; {ALLOW}")
+            problem = _virtual_unmapped(dset, sample_count)
+            if problem:
+                raise DatasetError(f"{path}: {where} is a virtual dataset that {problem}; {ALLOW}")
             continue
-        external = [plist.get_external(i)[0].decode() for i in range(plist.get_external_count())]
-        if external:
-            folder = os.path.dirname(os.path.abspath(dset.file.filename))
-            missing = [name_ for name_ in external
-                       if not os.path.exists(name_) and not os.path.exists(os.path.join(folder, name_))]
-            if missing:
-                raise DatasetError(f"{path}: {where} is stored in external raw file {missing[0]}, which is missing")
+        if plist.get_external_count():
+            problem = _external_problem(dset, plist, sample_count)
+            if problem:
+                raise DatasetError(f"{path}: {where} {problem}")
             continue
-        problem = _unwritten_rows(dset, sample_count)
+        problem = _unwritten_rows(dset, sample_count) or _rows_in_holes(dset, sample_count)
         if problem:
-            raise DatasetError(f"{path}: {where} {problem}; pass allow_unwritten=True (train --allow-unwritten) "
-                               "to read it anyway")
+            raise DatasetError(f"{path}: {where} {problem}; {ALLOW}")
 
 
 def probe_indices(sample_count: int, count: int = PROBE_CLIPS) -> np.ndarray:
@@ -205,7 +451,7 @@ def read_clips(file: h5py.File, indices: np.ndarray) -> np.ndarray:
     plugin, say) on the clips asked for.
     """
     x = file["X"]
-    out = np.empty((len(indices), *x.shape[1:]), dtype=x.dtype)
+    out = np.empty((len(indices), *x.shape[1:]), dtype=native(x.dtype))
     for row, index in enumerate(indices):
         try:
             x.read_direct(out, np.s_[int(index) : int(index) + 1], np.s_[row : row + 1])
@@ -215,7 +461,24 @@ def read_clips(file: h5py.File, indices: np.ndarray) -> np.ndarray:
                 f"{file.filename}: clip {int(index)} of 'X' cannot be read (corrupt or truncated chunk, or a filter "
                 f"this HDF5 cannot decode; filters: {filters}): {_one_line(exc)}"
             ) from exc
+        if out.dtype.kind == "f" and not np.isfinite(out[row]).all():
+            raise non_finite_clip(x.file.filename, int(index), int((~np.isfinite(out[row])).sum()))
     return out
+
+
+def native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order: what X is read as (a big-endian file is converted on reading)."""
+    return dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+
+
+def non_finite_clip(path: str, index: int, count: int, batch_clips: int = 1) -> DatasetError:
+    """The error for clip ``index`` of X holding ``count`` NaN or infinite values."""
+    more = f" ({batch_clips} clips of this batch do)" if batch_clips > 1 else ""
+    return DatasetError(
+        f"{path}: clip {index} of dataset 'X' has {count} non-finite value(s) (NaN or infinity){more}; training on it "
+        "would make the loss NaN. Rewrite the clips that hold them with finite values "
+        "(`distributed-h5 inspect --verify` reads every clip and names the first), or drop them from the file"
+    )
 
 
 def _filter_names(dset: h5py.Dataset) -> str:
@@ -249,6 +512,9 @@ def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = 
         raise DatasetError(f"{path}: dataset 'Y' has shape {y.shape}, expected 2 dimensions (samples, classes)")
     if x.shape[0] != y.shape[0]:
         raise DatasetError(f"{path}: 'X' has {x.shape[0]} rows but 'Y' has {y.shape[0]}; expected equal row counts")
+    if x.shape[0] == 0:
+        raise DatasetError(f"{path}: the file has no samples ('X' and 'Y' have 0 rows); expected at least one clip "
+                           "in X with its label in Y, and sample_count >= 1")
     for name, dset in (("X", x), ("Y", y)):
         if dset.dtype.kind not in "uif":
             raise DatasetError(f"{path}: dataset '{name}' has dtype {dset.dtype}, expected a numeric dtype")
@@ -264,6 +530,12 @@ def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = 
         )
     if not 1 <= sample_count <= x.shape[0]:
         raise DatasetError(f"{path}: attribute 'sample_count' is {sample_count}, expected an integer in [1, {x.shape[0]}]")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if sample_count * BYTES_PER_SAMPLE > memory:
+        raise DatasetError(
+            f"{path}: attribute 'sample_count' is {sample_count}, more samples than this machine can index (their "
+            f"labels and order alone need {sample_count * BYTES_PER_SAMPLE / 2**30:.0f} GiB, it has "
+            f"{memory / 2**30:.0f} GiB); expected the number of clips written to X, which declares {x.shape[0]} rows")
     for name in OPTIONAL_INDEX_DATASETS:
         if name in file:
             _check_index_dataset(file, name, x.shape[0])
@@ -274,7 +546,7 @@ def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = 
         sample_count=int(sample_count),
         rows=x.shape[0],
         clip_shape=tuple(x.shape[1:]),
-        dtype=x.dtype,
+        dtype=native(x.dtype),  # what the reader gives: big-endian X is converted as it is read
         classes=y.shape[1],
         chunks=x.chunks,
         compression=x.compression,
@@ -309,9 +581,11 @@ def read_labels(file: h5py.File, sample_count: int) -> np.ndarray:
     y = file["Y"]
     labels = np.empty(sample_count, dtype=np.int32)
     bad_rows, bad_count, first_bad = [], 0, None
-    for start in range(0, sample_count, LABEL_BLOCK):
+    # Rows per read bounded by bytes too: 65536 rows of 200,000 classes would be 13 GB.
+    block_rows = max(1, min(LABEL_BLOCK, LABEL_BLOCK_BYTES // max(1, y.shape[1] * y.dtype.itemsize)))
+    for start in range(0, sample_count, block_rows):
         try:
-            block = y[start : min(start + LABEL_BLOCK, sample_count)]
+            block = y[start : min(start + block_rows, sample_count)]
         except OSError as exc:
             raise DatasetError(f"{file.filename}: dataset 'Y' cannot be read (corrupt?): {_one_line(exc)}") from exc
         ones = block == 1

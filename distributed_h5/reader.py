@@ -38,8 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 
-from .dataset import DatasetError, DatasetInfo, open_file, probe_indices, read_clips, read_labels, validate
+from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, probe_indices, read_clips, read_labels,
+                      validate)
 
+NATIVE = "<" if np.little_endian else ">"
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
 FILTER_SHUFFLE = h5py.h5z.FILTER_SHUFFLE
 
@@ -87,6 +89,9 @@ class BatchReader:
             # The file that holds X's bytes: another one when X is an external link.
             self.data_path = self._x.file.filename
             self._data_bytes = os.path.getsize(self.data_path)
+            # info.dtype is native; the byte methods read the file's bytes, so a big-endian X is swapped after them.
+            self._swap = self._x.dtype.byteorder not in ("=", "|", NATIVE)
+            self._float = self.info.dtype.kind == "f"
             self.method = self._choose_method()
             probe = probe_indices(self.info.sample_count)
             expected = read_clips(self._file, probe)  # DatasetError if h5py cannot read them
@@ -100,7 +105,6 @@ class BatchReader:
         if self.method != "hdf5" and threads > 1:  # the hdf5 method holds h5py's lock: threads cannot help
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="distributed_h5-read")
             self.threads = threads
-        self._eye = np.eye(self.info.classes, dtype=np.float32)
 
     # --- layout ------------------------------------------------------------------------
     def _choose_method(self) -> str:
@@ -117,9 +121,10 @@ class BatchReader:
                 return "hdf5"
             self._base = base
             self._chunk_offsets = self._chunk_sizes = None
-            if base + self.info.rows * self.info.clip_bytes > self._data_bytes:
+            end = base + self.info.sample_count * self.info.clip_bytes  # the rows in use: the only ones read
+            if end > self._data_bytes:
                 raise DatasetError(
-                    f"{self._where()}: dataset 'X' ends at byte {base + self.info.rows * self.info.clip_bytes} "
+                    f"{self._where()}: the {self.info.sample_count} clips in use of dataset 'X' end at byte {end} "
                     f"but the file has {self._data_bytes} bytes (truncated?)"
                 )
             return "pread"
@@ -138,16 +143,20 @@ class BatchReader:
         return method
 
     def _read_chunk_table(self, raw: bool) -> bool:
-        """Fill the per-chunk file offsets and sizes; False if some chunk cannot be read raw."""
+        """Fill the per-chunk file offsets and sizes; False if some chunk cannot be read raw.
+
+        Only chunks holding rows in use (< sample_count) are kept: X may declare far more rows.
+        """
         dsid, k = self._x.id, self._clips_per_chunk
-        chunk_count = -(-self.info.rows // k)
+        chunk_count = -(-self.info.sample_count // k)
         offsets = np.full(chunk_count, -1, dtype=np.int64)
         sizes = np.zeros(chunk_count, dtype=np.int64)
         masks = np.zeros(chunk_count, dtype=np.int64)
 
         def record(info) -> None:
             chunk = info.chunk_offset[0] // k
-            offsets[chunk], sizes[chunk], masks[chunk] = info.byte_offset, info.size, info.filter_mask
+            if chunk < chunk_count:
+                offsets[chunk], sizes[chunk], masks[chunk] = info.byte_offset, info.size, info.filter_mask
 
         if hasattr(dsid, "chunk_iter"):  # HDF5 >= 1.12.3: one C-level pass
             dsid.chunk_iter(record)
@@ -191,7 +200,8 @@ class BatchReader:
                 f"Received: {out.dtype} {out.shape}"
             )
         self._read_x(indices, out)
-        return out, self._eye[self.labels[indices]]
+        self._check_finite(indices, out)
+        return out, self._one_hot(indices)
 
     def _check_indices(self, indices: np.ndarray) -> np.ndarray:
         if indices.ndim != 1 or indices.size == 0:
@@ -255,7 +265,27 @@ class BatchReader:
             clips = self._read_x(indices, np.empty((indices.size, *self.info.clip_shape), dtype=self.info.dtype))
             for row, start in enumerate(starts.tolist()):
                 out[row] = clips[row, start : start + span : stride]
-        return out, self._eye[self.labels[indices]]
+        self._check_finite(indices, out)
+        return out, self._one_hot(indices)
+
+    def _one_hot(self, indices: np.ndarray) -> np.ndarray:
+        # Built per batch: an identity matrix of every class is classes**2 floats (149 GiB for 200,000).
+        labels = np.zeros((indices.size, self.info.classes), dtype=np.float32)
+        labels[np.arange(indices.size), self.labels[indices]] = 1.0
+        return labels
+
+    def _check_finite(self, indices: np.ndarray, clips: np.ndarray) -> None:
+        """A :class:`DatasetError` naming the first clip of the batch with a NaN or infinite value.
+
+        Float clips only (integers are always finite); a NaN pixel would make the loss NaN
+        steps later, far from its cause. One pass over the batch; the clip is located only on failure.
+        """
+        if not self._float or np.isfinite(clips).all():
+            return
+        bad = ~np.isfinite(clips.reshape(indices.size, -1))
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise non_finite_clip(self._where(), int(indices[rows[0]]), int(bad[rows[0]].sum()),
+                              np.unique(indices[rows]).size)
 
     def _pread_windows(self, indices, starts, frames, stride, out) -> None:
         frame_bytes = self.info.clip_bytes // self.info.clip_shape[0]
@@ -274,6 +304,8 @@ class BatchReader:
                 done.result()
         else:
             self._pread_spans(pieces, flat)
+        if self._swap:  # the file's big-endian bytes into native values
+            out.byteswap(inplace=True)
 
     def _pread_spans(self, pieces, flat) -> None:
         for begin, offset, size in pieces:
@@ -309,6 +341,8 @@ class BatchReader:
                 done.result()
         else:
             work(pieces, indices, rows)
+        if self._swap:  # the file's big-endian bytes into native values
+            out.byteswap(inplace=True)
         return out
 
     def _file_offsets(self, indices: np.ndarray) -> np.ndarray:

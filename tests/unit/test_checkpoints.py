@@ -84,6 +84,31 @@ def test_fingerprint_ignores_the_path_and_sees_the_labels(tmp_path):
     assert checkpoints.fingerprint(a, 12) != checkpoints.fingerprint(a, 11)
 
 
+def test_fingerprint_sees_the_clips_not_only_their_shape(tmp_path):
+    import h5py
+
+    a = make_synthetic(tmp_path / "a.h5", samples=12, frames=2, size=(8, 8), classes=3, seed=1, progress=False)
+    other = tmp_path / "other.h5"  # same labels, same shape and dtype, other clips
+    with h5py.File(a, "r") as source, h5py.File(other, "w") as file:
+        file.create_dataset("X", data=255 - source["X"][:], chunks=(1, 2, 3, 8, 8))
+        file.create_dataset("Y", data=source["Y"][:])
+        file.attrs["sample_count"] = 12
+    assert checkpoints.fingerprint(a, 12) != checkpoints.fingerprint(other, 12)
+    moved = tmp_path / "elsewhere" / "a.h5"  # a copy elsewhere (a node-local staged copy)
+    moved.parent.mkdir()
+    moved.write_bytes(a.read_bytes())
+    assert checkpoints.fingerprint(moved, 12) == checkpoints.fingerprint(a, 12)
+    repacked = tmp_path / "repacked.h5"  # the same values, stored otherwise: the same data
+    with h5py.File(a, "r") as source, h5py.File(repacked, "w") as file:
+        file.create_dataset("X", data=source["X"][:], chunks=(4, 2, 3, 8, 8), compression="gzip")
+        file.create_dataset("Y", data=source["Y"][:])
+        file.attrs["sample_count"] = 12
+    assert checkpoints.fingerprint(repacked, 12) == checkpoints.fingerprint(a, 12)
+    with h5py.File(moved, "r+") as file:  # one probed clip (the last in use) changed by one pixel
+        file["X"][11, 1, 2, 7, 7] ^= 1
+    assert checkpoints.fingerprint(moved, 12) != checkpoints.fingerprint(a, 12)
+
+
 def test_names_sort_by_position_and_prune_keeps_the_newest(tmp_path):
     for position in (Position(2), Position(1, 32), Position(1), Position(10)):
         (tmp_path / checkpoints.name_for(position)).write_bytes(b"")

@@ -1,6 +1,7 @@
 """Opening and validating files: every malformed input gets a DatasetError, and no file changes."""
 
 import hashlib
+import re
 import subprocess
 import sys
 
@@ -259,3 +260,211 @@ def test_external_raw_storage_that_is_missing_is_refused(tmp_path):
     with pytest.raises(DatasetError) as caught:
         describe(path)
     assert str(caught.value) == f"{path}: dataset 'X' is stored in external raw file {raw}, which is missing"
+
+
+def describe_in_a_subprocess(path):
+    """describe(path)'s error, from another process: a hang guard (opening a FIFO blocks until a writer comes)."""
+    code = ("import sys\nfrom distributed_h5 import describe\ntry:\n    describe(sys.argv[1])\n"
+            "except ValueError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.rstrip("\n")
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "data.h5"
+    os.mkfifo(fifo)
+    assert describe_in_a_subprocess(fifo) == f"{fifo}: is a FIFO (named pipe), expected an HDF5 file (a regular file)"
+    link = tmp_path / "link.h5"
+    link.symlink_to(fifo)
+    assert describe_in_a_subprocess(link) == (f"{link}: is a FIFO (named pipe) (the link resolves to {fifo}), "
+                                              "expected an HDF5 file (a regular file)")
+    from distributed_h5.reader import BatchReader
+
+    with pytest.raises(DatasetError, match="is a FIFO"):  # the reader opens through the same helper
+        BatchReader(fifo)
+
+
+def test_a_directory_or_device_is_refused_in_one_line(tmp_path):
+    assert describe_in_a_subprocess(tmp_path) == f"{tmp_path}: is a directory, expected an HDF5 file (a regular file)"
+    assert describe_in_a_subprocess("/dev/null") == ("/dev/null: is a character device, expected an HDF5 file "
+                                                     "(a regular file)")
+
+
+def test_an_external_link_to_a_fifo_is_refused_before_it_is_followed(tmp_path):
+    import os
+
+    fifo = tmp_path / "clips.h5"
+    os.mkfifo(fifo)
+    path = tmp_path / "linked.h5"
+    with h5py.File(path, "w") as file:
+        file["X"] = h5py.ExternalLink(str(fifo), "X")
+        file.create_dataset("Y", data=np.eye(2))
+        file.attrs["sample_count"] = 2
+    assert describe_in_a_subprocess(path) == (f"{path}: 'X' is an external link to {fifo}, which is a FIFO (named "
+                                              "pipe); expected an HDF5 file (a regular file)")
+
+
+# Storage that would read as zeros: 96 clips of 4096 bytes (one file-system block each).
+CLIP_SHAPE = (1, 1, 64, 64)
+ROWS = 96
+ALLOW_LINE = "pass allow_unwritten=True (train --allow-unwritten) to read it anyway"
+
+
+def clips_and_labels(file, make_x):
+    make_x(file)
+    file.create_dataset("Y", data=np.eye(3, dtype="u1")[np.arange(ROWS) % 3])
+    file.attrs["sample_count"] = ROWS
+
+
+def external_file(tmp_path, raw):
+    path = tmp_path / "external.h5"
+    with h5py.File(path, "w") as file:
+        clips_and_labels(file, lambda f: f.create_dataset("X", shape=(ROWS, *CLIP_SHAPE), dtype="u1",
+                                                          external=[(str(raw), 0, ROWS * 4096)]))
+    return path
+
+
+@pytest.mark.parametrize("raw_rows, message", [
+    (0, "which has 0 bytes; the 96 rows in use need 393216 bytes of it from byte 0, so rows 0 to 95 would read "
+        "as zeros (is it truncated?)"),
+    (86, "which has 352256 bytes; the 96 rows in use need 393216 bytes of it from byte 0, so rows 86 to 95 would "
+         "read as zeros (is it truncated?)"),
+])
+def test_external_raw_storage_too_short_is_refused(tmp_path, raw_rows, message):
+    raw = tmp_path / "clips.raw"
+    raw.write_bytes(b"\1" * 4096 * raw_rows)
+    path = external_file(tmp_path, raw)
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == f"{path}: dataset 'X' is stored in external raw file {raw}, {message}; {ALLOW_LINE}"
+    assert describe(path, allow_unwritten=True).sample_count == ROWS
+    raw.write_bytes(b"\1" * 4096 * ROWS)
+    assert describe(path).sample_count == ROWS  # whole: accepted
+
+
+def test_external_raw_storage_on_a_device_is_refused(tmp_path):
+    path = external_file(tmp_path, "/dev/zero")
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == (f"{path}: dataset 'X' is stored in external raw file /dev/zero, which is a character "
+                                 "device, expected a regular file holding the clips (it would read as anything, "
+                                 f"/dev/zero as zeros); {ALLOW_LINE}")
+
+
+def test_external_raw_storage_is_looked_for_where_hdf5_looks(tmp_path, monkeypatch):
+    (tmp_path / "clips.raw").write_bytes(b"\1" * 4096 * ROWS)
+    path = external_file(tmp_path, "clips.raw")  # relative: HDF5 opens it from the working directory
+    monkeypatch.chdir("/")
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == (f"{path}: dataset 'X' is stored in external raw file clips.raw, which HDF5 looks for "
+                                 f"as /clips.raw, where it is missing; it is in {tmp_path}: run from there or set "
+                                 "HDF5_EXTFILE_PREFIX='${ORIGIN}' (the file's folder)")
+    monkeypatch.chdir(tmp_path)
+    assert describe(path).sample_count == ROWS
+
+
+def virtual_rows(tmp_path, mapped):
+    """A virtual X of ROWS rows whose rows ``mapped`` (a slice) come from a source file holding them."""
+    count = len(range(ROWS)[mapped])
+    with h5py.File(tmp_path / "source.h5", "w") as file:
+        file.create_dataset("X", data=np.ones((count, *CLIP_SHAPE), dtype="u1"))
+    layout = h5py.VirtualLayout(shape=(ROWS, *CLIP_SHAPE), dtype="u1")
+    layout[mapped] = h5py.VirtualSource("source.h5", "X", shape=(count, *CLIP_SHAPE))
+    path = tmp_path / "virtual.h5"
+    with h5py.File(path, "w") as file:
+        clips_and_labels(file, lambda f: f.create_virtual_dataset("X", layout, fillvalue=0))
+    return path
+
+
+@pytest.mark.parametrize("mapped, unmapped, first", [(slice(0, 10), 86, 10), (slice(0, ROWS, 2), 48, 1)])
+def test_virtual_rows_in_use_that_no_source_maps_are_refused(tmp_path, mapped, unmapped, first):
+    path = virtual_rows(tmp_path, mapped)
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == (f"{path}: dataset 'X' is a virtual dataset that maps no source to {unmapped} of the "
+                                 f"96 rows in use, the first at row {first} (they would read as the fill value); "
+                                 f"{ALLOW_LINE}")
+    with h5py.File(path, "r+") as file:
+        file.attrs["sample_count"] = first  # the rows in use are all mapped
+    assert describe(path).sample_count == first
+
+
+def test_a_virtual_dataset_mapping_every_row_is_accepted(tmp_path):
+    assert describe(virtual_rows(tmp_path, slice(None))).sample_count == ROWS
+
+
+def file_system_reports_holes(folder):
+    import os
+
+    probe = folder / "sparse.probe"
+    with open(probe, "wb") as handle:
+        handle.truncate(1 << 20)
+    with open(probe, "rb") as handle:
+        try:
+            return os.lseek(handle.fileno(), 0, os.SEEK_HOLE) == 0
+        except OSError:
+            return False
+        finally:
+            probe.unlink()
+
+
+def early_allocated(tmp_path, written_rows):
+    """Contiguous X allocated when created (H5D_ALLOC_TIME_EARLY), its clips aligned to 4 KiB blocks, and
+    rows ``[0, written_rows)`` written in one call."""
+    path = tmp_path / "early.h5"
+    with h5py.File(path, "w", alignment_threshold=1, alignment_interval=4096) as file:
+        def make_x(f):
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            h5py.h5d.create(f.id, b"X", h5py.h5t.NATIVE_UINT8, h5py.h5s.create_simple((ROWS, *CLIP_SHAPE)), dcpl=dcpl)
+            if written_rows:
+                f["X"][:written_rows] = 1
+
+        clips_and_labels(file, make_x)
+    return path
+
+
+@pytest.mark.parametrize("written_rows", [0, 40])
+def test_early_allocated_storage_never_written_is_refused(tmp_path, written_rows):
+    if not file_system_reports_holes(tmp_path):
+        pytest.skip("this file system does not report holes (SEEK_HOLE), so unwritten storage cannot be seen")
+    path = early_allocated(tmp_path, written_rows)
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    # The file system may write zeros just past written data instead of leaving a hole (ext4 up to 32 KiB:
+    # extent_max_zeroout_kb), so a partly written X is seen from a row at most 8 clips later.
+    first = int(re.search(r"the first at row (\d+) ", str(caught.value)).group(1))
+    assert written_rows <= first <= written_rows + (8 if written_rows else 0)
+    assert str(caught.value) == (
+        f"{path}: dataset 'X' has storage allocated but never written (a hole in the file): {ROWS - first} "
+        f"clip(s) among the 96 rows in use, the first at row {first} (they read as zeros; if those clips really "
+        f"are all zeros, the file was copied sparse or the file system stores zeros as holes); {ALLOW_LINE}")
+    with h5py.File(path, "r+") as file:
+        file.attrs["sample_count"] = max(1, written_rows)
+    assert describe(path, allow_unwritten=not written_rows).sample_count == max(1, written_rows)
+
+
+def test_what_hdf5_cannot_tell_apart_from_written_zeros(tmp_path):
+    """Documented limits (README): storage HDF5 filled at allocation reads as zeros and is accepted."""
+    path = tmp_path / "partial.h5"
+    with h5py.File(path, "w") as file:  # the last 8-clip chunk written for 4 of its clips only
+        clips_and_labels(file, lambda f: f.create_dataset("X", shape=(ROWS, *CLIP_SHAPE), dtype="u1",
+                                                          chunks=(8, *CLIP_SHAPE)))
+        file["X"][:92] = 1
+    assert describe(path).sample_count == ROWS
+    with h5py.File(path, "r") as file:
+        assert file["X"][92:].max() == 0 and file["X"][:92].min() == 1
+    early = tmp_path / "early-chunks.h5"
+    with h5py.File(early, "w") as file:  # chunks allocated early: HDF5 writes the fill value into each
+        def make_x(f):
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_chunk((8, *CLIP_SHAPE))
+            h5py.h5d.create(f.id, b"X", h5py.h5t.NATIVE_UINT8, h5py.h5s.create_simple((ROWS, *CLIP_SHAPE)), dcpl=dcpl)
+
+        clips_and_labels(file, make_x)
+    assert describe(early).sample_count == ROWS

@@ -209,3 +209,69 @@ def test_x_and_y_both_external_links(tmp_path, files):
         x, y = reader.read(np.arange(197))
     assert clip_index(x).tolist() == list(range(197))
     np.testing.assert_array_equal(y, truth_y)
+
+
+def nan_message(path, index, count, clips=1):
+    more = f" ({clips} clips of this batch do)" if clips > 1 else ""
+    return (f"{path}: clip {index} of dataset 'X' has {count} non-finite value(s) (NaN or infinity){more}; training "
+            "on it would make the loss NaN. Rewrite the clips that hold them with finite values (`distributed-h5 "
+            "inspect --verify` reads every clip and names the first), or drop them from the file")
+
+
+def float_clips():
+    """12 float32 clips (3 frames): clip 4 holds two infinities in frame 2, clip 7 one NaN in frame 1.
+    Neither is among the clips probed at open (0, 2, 3, 5, 6, 8, 9, 11)."""
+    data = np.arange(12 * 3 * 1 * 4 * 5, dtype="f4").reshape(12, 3, 1, 4, 5)
+    data[4, 2, 0, 1, :2] = [np.inf, -np.inf]
+    data[7, 1, 0, 3, 3] = np.nan
+    return data
+
+
+@pytest.mark.parametrize("kwargs, method", [
+    (dict(), "pread"),
+    (dict(chunks=(1, 3, 1, 4, 5)), "pread"),
+    (dict(chunks=(1, 3, 1, 4, 5), compression="gzip", shuffle=True), "pread+inflate"),
+    (dict(chunks=(1, 3, 1, 4, 5), compression="lzf"), "hdf5"),
+])
+def test_non_finite_float_clips_are_refused_by_every_read(tmp_path, kwargs, method):
+    data = float_clips()
+    path = write_layout(tmp_path / "nan.h5", data, **kwargs)
+    with BatchReader(path, threads=2) as reader:
+        assert reader.method == method
+        np.testing.assert_array_equal(reader.read(np.array([0, 1, 2, 3, 5]))[0], data[[0, 1, 2, 3, 5]])
+        with pytest.raises(DatasetError) as caught:
+            reader.read(np.array([3, 7, 8]))
+        assert str(caught.value) == nan_message(path, 7, 1)
+        with pytest.raises(DatasetError) as caught:
+            reader.read(np.array([4, 7, 7]))
+        assert str(caught.value) == nan_message(path, 4, 2, clips=2)
+        # Windows (the augmentation's read) are checked as read: only the frames taken count.
+        with pytest.raises(DatasetError) as caught:
+            reader.read_windows(np.array([2, 7]), np.array([0, 1]), frames=2)
+        assert str(caught.value) == nan_message(path, 7, 1)
+        with pytest.raises(DatasetError) as caught:
+            reader.read_windows(np.array([4]), np.array([0]), frames=2, stride=2)
+        assert str(caught.value) == nan_message(path, 4, 2)
+        window, _ = reader.read_windows(np.array([4, 7]), np.array([0, 2]), frames=1)
+        np.testing.assert_array_equal(window, data[[4, 7]][np.arange(2), [0, 2]][:, None])
+
+
+def test_a_non_finite_probe_clip_is_refused_at_open(tmp_path):
+    from distributed_h5 import describe
+
+    data = float_clips()
+    data[11, 0, 0, 0, 0] = np.nan  # the last clip in use: probed at open
+    path = write_layout(tmp_path / "nan.h5", data)
+    with pytest.raises(DatasetError) as caught:
+        BatchReader(path)
+    assert str(caught.value) == nan_message(path, 11, 1)
+    with pytest.raises(DatasetError) as caught:
+        describe(path, clips=True)
+    assert str(caught.value) == nan_message(path, 11, 1)
+
+
+def test_integer_clips_need_no_finite_check(tmp_path):
+    data = np.arange(12 * 3 * 1 * 4 * 5, dtype="i4").reshape(12, 3, 1, 4, 5)
+    path = write_layout(tmp_path / "int.h5", data)
+    with BatchReader(path) as reader:
+        np.testing.assert_array_equal(reader.read(np.arange(12))[0], data)
