@@ -163,14 +163,19 @@ def train_batches(
     return np.sort(batches, axis=1)
 
 
-def validation_batches(validation: np.ndarray, *, rank: int, size: int, batch_size: int) -> list[np.ndarray]:
-    """This rank's validation batches: a contiguous balanced share of ``validation``, unpadded."""
+def validation_batches(validation: np.ndarray, *, rank: int, size: int, batch_size: int,
+                       advice: str = "Raise validation_ratio or use fewer ranks.") -> list[np.ndarray]:
+    """This rank's validation batches: a contiguous balanced share of ``validation``, unpadded.
+
+    ``advice`` ends the error when there are fewer validation samples than ranks (what would help
+    depends on how the split was made: see :meth:`ShardPlan.validation_batches`).
+    """
     check_rank(rank, size)
     _check_positive("batch_size", batch_size)
     if validation.size < size:
         raise ValueError(
             f"the validation subset has {validation.size} samples, fewer than size={size} ranks, "
-            "so some rank would have none. Raise validation_ratio or use fewer ranks."
+            f"so some rank would have none. {advice}"
         )
     share = np.array_split(validation, size)[rank]
     return [np.sort(share[start : start + batch_size]) for start in range(0, share.size, batch_size)]
@@ -271,6 +276,10 @@ class ShardPlan:
             raise ValueError(f"the train subset of sample_count={self.sample_count} with validation_ratio="
                              f"{self.validation_ratio} and split={self.split!r} is empty. Change validation_ratio"
                              + (" or the split list." if self.split == "file" else "."))
+        if self.batch_size > self.train_count:  # every batch would repeat samples, in a buffer that may not fit
+            raise ValueError(f"batch_size (--batch-size) must be at most the {self.train_count} training samples "
+                             f"(sample_count={self.sample_count}, split={self.split!r}). "
+                             f"Received: batch_size={self.batch_size}")
         order = epoch_order(self.subsets.train, self.seed, epoch)
         return list(train_batches(order, rank=self.rank, size=self.size, batch_size=self.batch_size,
                                   remainder=self.remainder, start=start))
@@ -278,7 +287,22 @@ class ShardPlan:
     def validation_batches(self) -> list[np.ndarray]:
         """This rank's unpadded validation batches."""
         return validation_batches(self.subsets.validation, rank=self.rank, size=self.size,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.batch_size, advice=self._validation_advice())
+
+    def _validation_advice(self) -> str:
+        """What would give every rank a validation sample, for this plan's split."""
+        if self.split == "file":
+            return ("With split='file' the file's 'subset' decides (validation_ratio is not used): mark more rows 1 "
+                    "(validation) in 'subset', use fewer ranks, or use split='random'.")
+        if self.split == "groups":
+            groups = np.unique(self.groups).size
+            if groups < 2:
+                return ("With split='groups' whole source videos go to one side, and the file's 'groups' holds "
+                        f"{groups} group, so validation_ratio cannot help: use split='random', or a file with "
+                        "more source videos.")
+            return (f"With split='groups' whole source videos ({groups} in the file) go to one side: raise "
+                    "validation_ratio, use fewer ranks, or use split='random'.")
+        return "Raise validation_ratio or use fewer ranks."
 
     def samples_after(self, start: int, steps: int) -> int:
         """The position in the epoch's order after ``steps`` global batches from ``start``

@@ -110,7 +110,13 @@ def make_synthetic(
                 chunks=(1, *clip_shape) if chunks == "clip" else None,
                 compression=None if compression == "none" else compression,
             )
-            file.create_dataset("Y", data=np.eye(classes, dtype=np.uint8)[labels])
+            y = file.create_dataset("Y", shape=(samples, classes), dtype=np.uint8)
+            label_block = max(1, BLOCK_BYTES // classes)  # one-hot rows built per block: never a classes**2 identity
+            for start in range(0, samples, label_block):
+                stop = min(start + label_block, samples)
+                one_hot = np.zeros((stop - start, classes), dtype=np.uint8)
+                one_hot[np.arange(stop - start), labels[start:stop]] = 1
+                y[start:stop] = one_hot
             with tqdm(total=samples, unit="clip", desc=f"writing {path.name}", disable=not progress) as bar:
                 for start in range(0, samples, block):
                     stop = min(start + block, samples)

@@ -468,3 +468,123 @@ def test_what_hdf5_cannot_tell_apart_from_written_zeros(tmp_path):
 
         clips_and_labels(file, make_x)
     assert describe(early).sample_count == ROWS
+
+
+def declared_rows(path, rows, sample_count, written=96):
+    """X and Y declaring ``rows`` rows (chunked, extendible: nothing is allocated for them), the first
+    ``written`` written: clip i holds i, label i % 3."""
+    with h5py.File(path, "w") as file:
+        x = file.create_dataset("X", shape=(rows, 1, 1, 8, 8), maxshape=(None, 1, 1, 8, 8), chunks=(1, 1, 1, 8, 8),
+                                dtype="u1")
+        y = file.create_dataset("Y", shape=(rows, 3), maxshape=(None, 3), chunks=(1024, 3), dtype="u1")
+        x[:written] = np.arange(written, dtype="u1")[:, None, None, None, None]
+        y[:written] = np.eye(3, dtype="u1")[np.arange(written) % 3]
+        file.attrs["sample_count"] = sample_count
+    return path
+
+
+def test_rows_declared_but_not_in_use_cost_nothing(tmp_path):
+    from distributed_h5.reader import BatchReader
+
+    path = declared_rows(tmp_path / "huge.h5", 2**40, 96)
+    info = describe(path, labels=True, clips=True)
+    assert (info.rows, info.sample_count) == (2**40, 96)
+    with BatchReader(path) as reader:  # its chunk table covers the 96 rows in use, not 2**40
+        assert reader.method == "pread"
+        x, y = reader.read(np.array([0, 50, 95]))
+        assert x[:, 0, 0, 0, 0].tolist() == [0, 50, 95] and y.argmax(1).tolist() == [0, 2, 2]
+
+
+def test_a_sample_count_no_machine_can_index_is_one_line(tmp_path):
+    import os
+
+    path = declared_rows(tmp_path / "huge.h5", 2**40, 2**40)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for allow_unwritten in (False, True):
+        with pytest.raises(DatasetError) as caught:
+            describe(path, allow_unwritten=allow_unwritten)
+        assert str(caught.value) == (
+            f"{path}: attribute 'sample_count' is 1099511627776, more samples than this machine can index (their "
+            f"labels and order alone need 16384 GiB, it has {memory / 2**30:.0f} GiB); expected the number of clips "
+            "written to X, which declares 1099511627776 rows")
+
+
+def test_unwritten_rows_in_use_are_counted_without_a_table_of_every_row(tmp_path):
+    import tracemalloc
+
+    path = declared_rows(tmp_path / "huge.h5", 2**28, 2**28)  # in use, not written: a table of them is 2 GiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as caught:
+            describe(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == (f"{path}: dataset 'X' has rows never written: {2**28 - 96} chunk row(s) of 1 rows "
+                                 f"among the {2**28} in use, the first at row 96 (they would read as the fill value); "
+                                 f"{ALLOW_LINE}")
+    assert peak < 16 << 20
+
+
+def test_many_classes_need_no_identity_matrix(tmp_path):
+    import tracemalloc
+
+    from distributed_h5.reader import BatchReader
+
+    classes = 200_000
+    path = tmp_path / "classes.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("X", data=np.arange(96, dtype="u1")[:, None, None, None, None] * np.ones((1, 1, 1, 2, 2), "u1"))
+        y = file.create_dataset("Y", shape=(96, classes), dtype="u1", chunks=(1, classes), compression="gzip")
+        for row in range(96):
+            one_hot = np.zeros(classes, dtype="u1")
+            one_hot[row * 2000 + 7] = 1
+            y[row] = one_hot
+        file.attrs["sample_count"] = 96
+    tracemalloc.start()
+    try:
+        assert describe(path, labels=True).classes == classes
+        with BatchReader(path) as reader:
+            x, labels = reader.read(np.array([1, 95]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert labels.shape == (2, classes) and labels.dtype == np.float32
+    assert np.flatnonzero(labels[0]).tolist() == [2007] and np.flatnonzero(labels[1]).tolist() == [190007]
+    assert labels.sum() == 2
+    assert peak < 64 << 20  # an identity of 200,000 classes would be 149 GiB
+
+
+def test_synthetic_files_with_many_classes_need_no_identity_matrix(tmp_path):
+    import tracemalloc
+
+    from distributed_h5.synthetic import make_synthetic
+
+    tracemalloc.start()
+    try:
+        path = make_synthetic(tmp_path / "many.h5", samples=4, frames=2, size=(4, 4), classes=200_000, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with h5py.File(path, "r") as file:
+        y = file["Y"][:]
+    assert y.shape == (4, 200_000) and y.sum(axis=1).tolist() == [1, 1, 1, 1]
+    assert peak < 128 << 20  # np.eye(200_000) as uint8 would be 37 GiB
+
+
+def test_a_file_without_samples_says_so(tmp_path):
+    path = write(tmp_path / "empty.h5", x_shape=(0, 2, 1, 4, 4), y_shape=(0, 3), sample_count=0)
+    with pytest.raises(DatasetError) as caught:
+        describe(path)
+    assert str(caught.value) == (f"{path}: the file has no samples ('X' and 'Y' have 0 rows); expected at least one "
+                                 "clip in X with its label in Y, and sample_count >= 1")
+
+
+def test_train_refuses_a_batch_larger_than_the_training_samples_in_one_line(tmp_path):
+    path = written(tmp_path / "small.h5")
+    result = run_cli("train", str(path), "--epochs", "1", "--batch-size", "100000000", "--validation-ratio", "0",
+                     "--width", "1", "--depth", "1", "--tf-threads", "1")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "distributed-h5 train: error: batch_size (--batch-size) must be at most the 6 training samples "
+        "(sample_count=6, split='random'). Received: batch_size=100000000"]

@@ -275,3 +275,23 @@ def test_integer_clips_need_no_finite_check(tmp_path):
     path = write_layout(tmp_path / "int.h5", data)
     with BatchReader(path) as reader:
         np.testing.assert_array_equal(reader.read(np.arange(12))[0], data)
+
+
+@pytest.mark.parametrize("kwargs, method", [
+    (dict(), "pread"),
+    (dict(chunks=(2, 4, 1, 3, 5)), "pread"),
+    (dict(chunks=(1, 4, 1, 3, 5), compression="gzip", shuffle=True), "pread+inflate"),
+    (dict(chunks=(1, 4, 1, 3, 5), compression="lzf"), "hdf5"),
+])
+def test_big_endian_clips_are_read_as_native_values(tmp_path, kwargs, method):
+    data = (np.arange(10 * 4 * 1 * 3 * 5, dtype=np.float32) / 7).reshape(10, 4, 1, 3, 5)
+    path = write_layout(tmp_path / "big.h5", data.astype(">f4"), **kwargs)
+    with BatchReader(path, threads=2) as reader:
+        assert reader.method == method and reader.info.dtype == np.dtype("float32") and reader.info.dtype.isnative
+        x, _ = reader.read(np.array([0, 3, 4, 9]))
+        assert x.dtype == np.dtype("float32") and x.dtype.isnative  # what TensorFlow takes ('>f4' it refuses)
+        np.testing.assert_array_equal(x, data[[0, 3, 4, 9]])
+        windows, _ = reader.read_windows(np.array([1, 6]), np.array([0, 1]), frames=2, stride=2)
+        np.testing.assert_array_equal(windows, np.stack([data[1, 0:4:2], data[6, 1:4:2]]))
+        whole, _ = reader.read_windows(np.array([2, 5]), np.array([0, 0]), frames=4)
+        np.testing.assert_array_equal(whole, data[[2, 5]])

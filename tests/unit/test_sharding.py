@@ -180,3 +180,39 @@ def test_drop_error_gives_the_real_training_sample_count(sample_count, size, tra
         f"4 * {size} = {4 * size}, so remainder='drop' leaves no step. Use remainder='pad', a smaller batch_size, "
         "or fewer ranks."
     )
+
+
+def test_a_batch_larger_than_the_training_samples_is_one_line():
+    plan = sharding.ShardPlan(96, validation_ratio=0.3, batch_size=100_000_000)  # 67 training samples
+    with pytest.raises(ValueError) as caught:
+        plan.batches(0)
+    assert str(caught.value) == ("batch_size (--batch-size) must be at most the 67 training samples (sample_count=96, "
+                                 "split='random'). Received: batch_size=100000000")
+    assert len(sharding.ShardPlan(96, validation_ratio=0.3, batch_size=67).batches(0)) == 1  # the limit itself
+    assert len(plan.validation_batches()) == 1  # validation alone (evaluate) is unaffected: one short batch
+
+
+@pytest.mark.parametrize("split, per_sample, message", [
+    ("groups", dict(groups=np.zeros(20, dtype=np.int64)),
+     "the validation subset has 0 samples, fewer than size=1 ranks, so some rank would have none. With "
+     "split='groups' whole source videos go to one side, and the file's 'groups' holds 1 group, so "
+     "validation_ratio cannot help: use split='random', or a file with more source videos."),
+    ("groups", dict(groups=np.arange(20) // 10),
+     "the validation subset has 0 samples, fewer than size=1 ranks, so some rank would have none. With "
+     "split='groups' whole source videos (2 in the file) go to one side: raise validation_ratio, use fewer ranks, "
+     "or use split='random'."),
+    ("file", dict(subset=np.zeros(20, dtype=np.uint8)),
+     "the validation subset has 0 samples, fewer than size=1 ranks, so some rank would have none. With "
+     "split='file' the file's 'subset' decides (validation_ratio is not used): mark more rows 1 (validation) in "
+     "'subset', use fewer ranks, or use split='random'."),
+    ("random", dict(),
+     "the validation subset has 1 samples, fewer than size=2 ranks, so some rank would have none. "
+     "Raise validation_ratio or use fewer ranks."),
+])
+def test_too_few_validation_samples_says_what_would_help_for_the_split(split, per_sample, message):
+    size = 2 if split == "random" else 1
+    plan = sharding.ShardPlan(20, validation_ratio=0.05 if split == "random" else 0.2, split=split, size=size,
+                              batch_size=2, **per_sample)
+    with pytest.raises(ValueError) as caught:
+        plan.validation_batches()
+    assert str(caught.value) == message
