@@ -125,7 +125,7 @@ class Agreement(keras.callbacks.Callback):
     leave an allreduce hanging, hence the agreement.
     """
 
-    NONE, SIGNAL, NON_FINITE = 0, 1, 2
+    NONE, SIGNAL, NON_FINITE_WEIGHTS, NON_FINITE = 0, 1, 2, 3  # the max across ranks is the decision
 
     def __init__(self, collective, timeline: Timeline, every: int, stop_signal: int | None, on_stop=None):
         super().__init__()
@@ -156,22 +156,28 @@ class Agreement(keras.callbacks.Callback):
             self._check(batch)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._check(self.params["steps"], loss=(logs or {}).get("loss"))
+        self._check(self.params["steps"], loss=(logs or {}).get("loss"), weights=True)
 
-    def _check(self, steps_done: int, loss=None) -> None:
+    def _check(self, steps_done: int, loss=None, weights: bool = False) -> None:
         if loss is None:  # the epoch's running mean: once non-finite it stays so
             loss = self.model._loss_tracker.result()
-        finite = math.isfinite(float(np.asarray(loss)))
-        mine = self.NON_FINITE if not finite else self.SIGNAL if self.received else self.NONE
+        mine = self.SIGNAL if self.received else self.NONE
+        if not math.isfinite(float(np.asarray(loss))):
+            mine = self.NON_FINITE
+        elif (weights or self.received) and not replicas.finite_state(self.model):
+            # A finite loss does not make finite weights (oneDNN's ReLU turns NaN into 0): before
+            # anything is validated or saved (epoch end, a stop checkpoint) the weights are checked.
+            mine = self.NON_FINITE_WEIGHTS
         decision = self.collective.max(mine)
         first = self.checked_at
         self.checked_at = steps_done
-        if decision == self.NON_FINITE:
+        if decision in (self.NON_FINITE, self.NON_FINITE_WEIGHTS):
             self._restore()
             plan = self.timeline.plan
             batches = plan.batches(self.epoch, self.timeline.start_of(self.epoch))[first:steps_done]
+            what = "loss" if decision == self.NON_FINITE else "weights (with a finite loss)"
             raise NonFiniteLoss(
-                f"the loss became non-finite ({'on this rank' if not finite else 'on another rank'}) in epoch "
+                f"the {what} became non-finite ({'on this rank' if mine == decision else 'on another rank'}) in epoch "
                 f"{self.epoch}, steps {first + 1}-{steps_done} of this run's epoch (checked every {self.every}; "
                 f"this rank's samples there: {np.concatenate(batches)[:16].tolist() if batches else []}...); "
                 "no checkpoint was written. Check the data for NaN/Inf and the learning rate.")
@@ -189,9 +195,10 @@ class GlobalState(keras.callbacks.Callback):
     rank's shard with metric states summed, so ``val_*`` is one process's value on the
     whole validation subset of exactly the model that is checkpointed."""
 
-    def __init__(self, collective, validate=None):
+    def __init__(self, collective, validate=None, monitor: str | None = None):
         super().__init__()
         self.collective, self.validate = collective, validate
+        self.monitor = monitor  # must be among the epoch's logs (checked once, on every rank alike)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -200,6 +207,10 @@ class GlobalState(keras.callbacks.Callback):
         replicas.average_moving_state(self.model, self.collective)
         if self.validate is not None:
             logs.update({f"val_{k}": v for k, v in self.validate(self.model).items()})
+        if self.monitor is not None and self.monitor not in logs:
+            raise ValueError(f"monitor {self.monitor!r} is not a logged metric; the epoch's logs have "
+                             f"{sorted(k for k in logs if np.ndim(logs[k]) == 0)}. Pick one (--monitor) or none")
+        self.monitor = None
 
 
 def scalar_logs(logs) -> dict[str, float]:
@@ -240,6 +251,22 @@ class Checkpointer(keras.callbacks.Callback):
                                 Position(epoch + 1), self.config, metrics=logs, best=self.best, monitor=self.monitor)
         self.paths.append(path)
         checkpoints.prune(self.directory, self.keep)
+
+
+class SampleKeys(keras.callbacks.Callback):
+    """Before every step, the keys of the step's rows (this rank's batch), so that random layers
+    draw each clip's noise from (seed, epoch, sample): see :class:`~distributed_h5.randomness.SampleKeyed`."""
+
+    def __init__(self, keyed, timeline: Timeline):
+        super().__init__()
+        self.keyed, self.timeline = keyed, timeline
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.batches = self.timeline.plan.batches(epoch, self.timeline.start_of(epoch))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.keyed.set_rows(self.epoch, self.batches[batch])
 
 
 class Commit(keras.callbacks.Callback):

@@ -78,6 +78,7 @@ class Feeder:
         self.workers = workers
         self.depth = depth or 2 * workers
         self.wait_seconds = 0.0  # time callers spent blocked on the next batch
+        self.error: BaseException | None = None  # the first read that failed (see train_model's fit)
 
     @classmethod
     def for_sequence(cls, sequence, first_epoch: int = 0, start: int = 0, **kwargs) -> Feeder:
@@ -117,7 +118,11 @@ class Feeder:
                     pending.append(pool.submit(read, batch))
                 while pending:
                     start = time.perf_counter()
-                    x, y = pending.popleft().result()
+                    try:
+                        x, y = pending.popleft().result()
+                    except Exception as exc:
+                        self.error = self.error or exc
+                        raise
                     self.wait_seconds += time.perf_counter() - start
                     pending.append(pool.submit(read, next(indices)))
                     yield x, y

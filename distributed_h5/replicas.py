@@ -107,6 +107,12 @@ def average_moving_state(model, collective) -> int:
     return len(variables)
 
 
+def finite_state(model) -> bool:
+    """Whether every floating-point variable of ``model`` (weights and moving statistics) is finite."""
+    return all(np.isfinite(np.asarray(variable.value)).all() for variable in model.variables
+               if np.dtype(_dtype_name(variable)).kind == "f")
+
+
 def sum_metric_states(model, collective) -> None:
     """Sum every metric's state variables across ranks, in the same order on every rank.
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import __version__, checkpoints, collective as collectives, replicas
+from . import __version__, checkpoints, collective as collectives, randomness, replicas
 from .augment import Augment
 from .callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, Commit, EpochTiming, GlobalState,  # noqa: F401
-                        LearningRate, NonFiniteLoss, Preempted, StopAfterEpoch, Timeline)
+                        LearningRate, NonFiniteLoss, Preempted, SampleKeys, StopAfterEpoch, Timeline)
 from .checkpoints import Position, RunConfig
 from .collective import BACKENDS, ENGINES
 from .feeding import Feeder
@@ -114,10 +114,23 @@ def init_engine(engine: str | None = None):
     return horovod.init()
 
 
-def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path | None, locked: bool = False):
-    """Rank 0: create and probe the directories it will write, and lock the checkpoint
-    directory (unless this process holds the lock already: ``locked``). Returns
-    ``(lock, error)``: the one-line error every rank will raise."""
+def _one_process():
+    """A job of one process on Keras' TensorFlow backend trains with :class:`collective.Single`:
+    every reduction is the identity, and no Horovod is needed. Otherwise None."""
+    from .runtime import world
+
+    if keras.backend.backend() == BACKENDS["horovod"] and world()[1] == 1:
+        return collectives.Single()
+    return None
+
+
+def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path | None, locked: bool = False,
+                         first: bool = True, resume: bool = False, overwrite: bool = False):
+    """Rank 0: create and probe the directories it will write, lock the checkpoint
+    directory (unless this process holds the lock already: ``locked``), and, on a run's
+    ``first`` attempt that does not ``resume``, refuse directories that hold another run's
+    files, or set those files aside when ``overwrite``. Returns ``(lock, error)``: the
+    one-line error every rank will raise."""
     if rank != 0:
         return None, None
     try:
@@ -128,13 +141,29 @@ def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path |
             probe.unlink()
     except OSError as exc:
         return None, f"cannot write to {exc.filename or directory}: {exc.strerror or exc}"
-    if checkpoint_dir is None or locked:
-        return None, None
-    lock = checkpoints.DirectoryLock(checkpoint_dir)
-    try:
-        lock.acquire()
-    except (RuntimeError, OSError) as exc:
-        return None, str(exc)
+    lock = None
+    if checkpoint_dir is not None and not locked:
+        lock = checkpoints.DirectoryLock(checkpoint_dir)
+        try:
+            lock.acquire()
+        except (RuntimeError, OSError) as exc:
+            return None, str(exc)
+    if first and not resume:
+        # A run's files are the user's: a fresh run into a directory that holds one would
+        # overwrite its logs and best checkpoint and mix its checkpoints with the new run's.
+        for directory in dict.fromkeys(d for d in (checkpoint_dir, log_dir) if d is not None):
+            found = checkpoints.run_files(directory)
+            if found and not overwrite:
+                if lock is not None:
+                    lock.release()
+                return None, (f"{directory} holds another run ({', '.join(p.name for p in found[:4])}"
+                              f"{', ...' if len(found) > 4 else ''}): resume it with --resume (resume=True), "
+                              "choose a new --checkpoint-dir, or pass --overwrite (overwrite=True) to start over "
+                              "with its files moved into a replaced-* folder there")
+            if found:
+                aside = checkpoints.set_aside(directory, found)
+                print(f"distributed_h5: --overwrite: moved the previous run's files in {directory} to {aside}",
+                      flush=True)
     return lock, None
 
 
@@ -150,6 +179,7 @@ def train_model(
     warmup_epochs: float = 3,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     keep_checkpoints: int = 2,
     monitor: str | None = "val_loss",
     log_dir: str | os.PathLike | None = None,
@@ -198,6 +228,9 @@ def train_model(
         checkpoint_dir: where rank 0 writes checkpoints (see :mod:`distributed_h5.checkpoints`).
         resume: continue from the newest intact checkpoint in ``checkpoint_dir``, if any, on
             any rank count and batch size, from the exact sample where it stopped.
+        overwrite: without ``resume``, a ``checkpoint_dir`` or ``log_dir`` that holds another
+            run's files is refused (ValueError); with ``overwrite`` those files are moved into a
+            ``replaced-*`` folder there and the run starts afresh (default False).
         keep_checkpoints: how many epoch checkpoints to keep, >= 1 (default 2).
         monitor: the logged metric that picks ``best.keras`` (``val_loss``, lower is better;
             names with ``acc`` higher is better), or None (default ``"val_loss"``).
@@ -251,6 +284,12 @@ def train_model(
     started = time.perf_counter()
     if model.optimizer is None or not getattr(model, "compiled", False):
         raise ValueError("model must be compiled (model.compile(optimizer=..., loss=...)) before train_model")
+    # Keras keeps a schedule in the optimizer's private _learning_rate; its rate cannot be set.
+    if scale_learning_rate and isinstance(getattr(model.optimizer, "_learning_rate", None),
+                                          keras.optimizers.schedules.LearningRateSchedule):
+        raise ValueError("the optimizer's learning rate is a LearningRateSchedule, which train_model cannot scale to "
+                         "the global batch or warm up: pass scale_learning_rate=False (train --no-scale-lr) to use "
+                         "the schedule as it is, or give the optimizer a constant rate")
     try:
         base_rate = float(np.asarray(model.optimizer.learning_rate))
     except (TypeError, ValueError):
@@ -266,7 +305,8 @@ def train_model(
                          f"after keras.config.set_dtype_policy({precision!r})")
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     log_dir = Path(log_dir) if log_dir is not None else checkpoint_dir
-    collective = init_engine(engine)
+    collective = _one_process() if engine != "jax" and not elastic else None
+    collective = collective or init_engine(engine)
     run_args = dict(base_rate=base_rate, epochs=epochs, scale_learning_rate=scale_learning_rate,
                     warmup_epochs=warmup_epochs, checkpoint_dir=checkpoint_dir, resume=resume,
                     keep_checkpoints=keep_checkpoints, monitor=monitor, log_dir=log_dir, workers=workers,
@@ -291,14 +331,18 @@ def train_model(
                 held.pop().release()
             if state is not None and size > 1:
                 collective.barrier()
-            lock, error = _prepare_directories(rank, checkpoint_dir, log_dir, locked=bool(held))
+            first = state is None or state.progress is None  # not an elastic re-forming
+            lock, error = _prepare_directories(rank, checkpoint_dir, log_dir, locked=bool(held), first=first,
+                                               resume=resume, overwrite=overwrite)
             if lock is not None:
                 held.append(lock)
             error = collectives_broadcast(collective, error)
             if error:
-                raise RuntimeError(error)
+                raise ValueError(error)  # a user's directory: exit status 2 from the CLI
             with contextlib.ExitStack() as stack:
                 stack.enter_context(collectives.activate(collective))
+                if scale_learning_rate:  # the caller's optimizer gets its own rate back
+                    stack.enter_context(_restored_learning_rate(model.optimizer, base_rate))
                 stack.enter_context(replicas.distributed(model, collective))
                 if sync_batchnorm:
                     stack.enter_context(synchronized_batchnorm(model))
@@ -332,6 +376,16 @@ def train_model(
         while held:
             held.pop().release()
     return history
+
+
+@contextlib.contextmanager
+def _restored_learning_rate(optimizer, rate: float):
+    """Within the block the rate is the callbacks' to set; at its end it is ``rate`` again,
+    so a second ``train_model`` on the same model scales the caller's rate, not a scaled one."""
+    try:
+        yield
+    finally:
+        optimizer.learning_rate = rate
 
 
 def collectives_broadcast(collective, value):
@@ -401,6 +455,12 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         return _history_of(state) if state is not None else keras.callbacks.History()
 
     timeline = Timeline(plan, position)
+    # The JAX engine's step draws over the global batch; keying its rows is not built yet.
+    global_step = getattr(collective, "global_step", False)
+    keyed = randomness.SampleKeyed(model, plan.seed, plan.batch_size, enabled=not global_step)
+    if global_step and rank == 0 and randomness.seed_generators(model):
+        print("distributed_h5: the jax engine draws random layers' noise (dropout) by batch, not by sample: "
+              "runs with them are exact only for the same ranks and batch, and without a resume", flush=True)
     feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers, prefetch=prefetch,
                     augment=train.augment)
 
@@ -426,11 +486,17 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
     #    TensorBoard, the caller's callbacks): it makes them global and the replicas identical.
     checkpointer = None
     run_callbacks = [EpochTiming(feeder, plan.global_batch)]
+    if keyed.active:
+        run_callbacks.append(SampleKeys(keyed, timeline))
     if scale_learning_rate:
         run_callbacks.append(LearningRate(base_rate, base_batch, timeline, warmup_epochs))
     run_callbacks.append(Agreement(collective, timeline, check_every, stop_signal,
                                    stop_checkpoint if stop_signal is not None else None))
-    run_callbacks.append(GlobalState(collective, validate if validation is not None else None))
+    # The monitored metric is checked on every rank at the first epoch's end (a typo would
+    # silently write no best checkpoint); a val_* one means nothing without validation.
+    checked_monitor = monitor if checkpoint_dir is not None and (
+        validation is not None or not str(monitor).startswith("val_")) else None
+    run_callbacks.append(GlobalState(collective, validate if validation is not None else None, checked_monitor))
     if rank == 0:  # rank 0 alone writes: the others hold identical weights and the same global logs
         if checkpoint_dir is not None:
             checkpointer = Checkpointer(checkpoint_dir, keep_checkpoints, config, monitor, best, host.local)
@@ -447,25 +513,33 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
 
     def fit(first_epoch: int, only_one: bool = False) -> keras.callbacks.History:
         # shuffle=False: the order is already shuffled by (seed, epoch), identically on every rank.
-        return model.fit(feeder.source(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
-                         steps_per_epoch=feeder.steps(first_epoch),
-                         callbacks=run_callbacks + ([StopAfterEpoch()] if only_one else []),
-                         verbose=verbose if rank == 0 else 0)
+        try:
+            return model.fit(feeder.source(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+                             steps_per_epoch=feeder.steps(first_epoch),
+                             callbacks=run_callbacks + ([StopAfterEpoch()] if only_one else []),
+                             verbose=verbose if rank == 0 else 0)
+        except Exception as exc:
+            # A read that failed in the feeder's thread reaches fit as a framework error
+            # (tf.data's, with the traceback in its text): raise the reader's own one-line error.
+            if feeder.error is not None and feeder.error is not exc:
+                raise feeder.error from exc
+            raise
 
     histories = []
     first_full_epoch = position.epoch
-    if position.sample:  # finish the interrupted epoch from its sample position, in a fit of its own
-        if feeder.steps(position.epoch):
-            histories.append(fit(position.epoch, only_one=True))
-        first_full_epoch += 1
-        feeder.restart_at(first_full_epoch)
-    if first_full_epoch < epochs:
-        histories.append(fit(first_full_epoch))
+    with keyed:  # random layers draw by sample within the fits
+        if position.sample:  # finish the interrupted epoch from its sample position, in a fit of its own
+            if feeder.steps(position.epoch):
+                histories.append(fit(position.epoch, only_one=True))
+            first_full_epoch += 1
+            feeder.restart_at(first_full_epoch)
+        if first_full_epoch < epochs:
+            histories.append(fit(first_full_epoch))
     history = _merge(histories) if state is None else _history_of(state)
     summary.epochs_run = list(history.epoch)
     if checkpointer is not None:
         summary.best = checkpointer.best
-        summary.checkpoints += [str(p) for p in checkpointer.paths]
+        summary.checkpoints += [str(p) for p in checkpointer.paths if p.exists()]  # pruned ones are gone
     if rank == 0 and log_dir is not None:
         _plot(log_dir / "training.csv", log_dir / "training.png")
     return history

@@ -105,7 +105,8 @@ def build(args, info, init_seed):
     keras.config.set_dtype_policy(args.precision)
     if args.model == "r2plus1d_18":
         return r2plus1d_18(info.clip_shape, info.classes, width=args.width, dtype=info.dtype, seed=init_seed)
-    model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=2, dropout=0.0, seed=init_seed,
+    model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=2, dropout=args.dropout,
+                             seed=init_seed,
                              batchnorm=args.model in ("bn", "syncbn"), dtype=info.dtype)
     if args.model == "syncbn":  # the layer class itself, as a user who builds with it would
         plain = model
@@ -133,6 +134,7 @@ def main():
     parser.add_argument("--init-seed", default="0", help="an integer, or 'rank' for a different init per rank")
     parser.add_argument("--model", choices=("plain", "bn", "syncbn", "r2plus1d_18"), default="plain")
     parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--sync-bn", action="store_true")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")

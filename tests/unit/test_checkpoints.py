@@ -196,13 +196,13 @@ def test_resume_with_another_seed_is_refused_in_one_line_unless_allowed(tmp_path
 def test_a_checkpoint_dir_in_use_or_unwritable_is_one_line(tmp_path, data):
     with DirectoryLock(tmp_path / "busy"):
         busy = run_cli(*train_args(data, tmp_path / "busy"))
-    assert busy.returncode == 1
+    assert busy.returncode == 2  # a user's directory: the exit status of a user mistake
     assert busy.stderr.splitlines() == [
         f"distributed-h5 train: error: checkpoint directory {tmp_path / 'busy'} is in use by host "
         f"{socket.gethostname()} pid {os.getpid()}; wait for that job to end or use another --checkpoint-dir"]
     (tmp_path / "file").write_text("")
     unwritable = run_cli(*train_args(data, tmp_path / "file" / "ckpt"))
-    assert unwritable.returncode == 1
+    assert unwritable.returncode == 2
     assert unwritable.stderr.splitlines() == [
         f"distributed-h5 train: error: cannot write to {tmp_path / 'file' / 'ckpt'}: Not a directory"]
     assert run_cli(*train_args(data, tmp_path / "c", "--keep-checkpoints", 0)).stderr.splitlines() == [
