@@ -18,7 +18,8 @@ distributed-h5 inspect "$data"
 # no HDF5 file locking (it fails on many parallel file systems, and nothing here writes the data).
 export DH5_TF_THREADS=${DH5_TF_THREADS:-1} HDF5_USE_FILE_LOCKING=FALSE
 # Gloo: on CPU ranks sharing cores, Open MPI's busy-polling would slow compute down.
+# --overwrite: each demo starts afresh; an earlier demo's files move into runs/demo/*/replaced-*.
 command=(horovodrun -np "$ranks" --gloo distributed-h5 train "$data" --epochs 5 --batch-size 16
-         --checkpoint-dir runs/demo/checkpoints --log-dir runs/demo/logs)
+         --checkpoint-dir runs/demo/checkpoints --log-dir runs/demo/logs --overwrite)
 echo "+ ${command[*]}"
 "${command[@]}"
