@@ -182,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-epochs", type=_finite_non_negative, default=3)
     train.add_argument("--checkpoint-dir", help="rank 0 writes epoch-NNNN.keras and best.keras here")
     train.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a --checkpoint-dir/--log-dir that holds another run, moving its files "
+                            "into a replaced-* folder there (without it such a directory is refused)")
     train.add_argument("--keep-checkpoints", type=_positive, default=2, help="epoch checkpoints kept (default 2)")
     train.add_argument("--monitor", default="val_loss",
                        help="metric that picks best.keras: val_loss (min) or val_accuracy (max); 'none' for no best")
@@ -238,9 +241,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--tf-threads", type=_positive, default=os.environ.get("DH5_TF_THREADS"),
                          help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
         _add_engine_argument(sub)
-    evaluate.add_argument("--seed", type=int, help="split seed (default: the checkpoint's)")
-    evaluate.add_argument("--validation-ratio", type=_unit, help="(default: the checkpoint's)")
-    evaluate.add_argument("--split", choices=SPLITS, help="(default: the checkpoint's)")
+    for sub in (evaluate, predict):  # the split training took: predict reports its two sides apart
+        sub.add_argument("--seed", type=int, help="split seed (default: the checkpoint's)")
+        sub.add_argument("--validation-ratio", type=_unit, help="(default: the checkpoint's)")
+        sub.add_argument("--split", choices=SPLITS, help="(default: the checkpoint's)")
     predict.add_argument("--out", required=True, help="the CSV to write; the PNG goes beside it as OUT-confusion.png")
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -338,8 +342,7 @@ def _inspect(args) -> int:
     with open_file(args.file) as file:
         info = validate(file)
         counts = np.bincount(read_labels(file, info.sample_count), minlength=info.classes)
-        names = file.attrs.get("class_names")
-        provenance = _provenance(file, info.rows)
+        provenance, names = _provenance(file, info.rows, info.classes)
         # Read clips, so corrupt or truncated chunks and undecodable filters show here, not mid-training.
         checked = probe_indices(info.sample_count)
         read_clips(file, checked)
@@ -364,28 +367,48 @@ def _inspect(args) -> int:
     return 0
 
 
-def _provenance(file, rows: int) -> list[str]:
-    """Lines for the optional objects ``convert`` writes (see the README's layout table), if present."""
+def _provenance(file, rows: int, classes: int) -> tuple[list[str], list[str] | None]:
+    """Lines for the optional objects ``convert`` writes (see the README's layout table), if present,
+    and the class names when there is one per class. Provenance is optional: what does not fit
+    X and Y is shown as far as it is consistent, with a ``note`` line saying what is wrong."""
+    import h5py
     import numpy as np
 
-    def text(value) -> str:
-        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    from .outputs import printable
 
-    lines = []
-    names = file.attrs.get("class_names")
-    if names is not None:
-        shown = [text(name) for name in np.asarray(names).reshape(-1)]
+    lines, notes, names = [], [], None
+    if "class_names" in file.attrs:
+        shown = [printable(name) for name in np.asarray(file.attrs["class_names"], dtype=object).reshape(-1)]
         lines.append(f"class_names   attribute, {len(shown)}: {', '.join(shown)}")
+        if len(shown) == classes:
+            names = shown
+        else:
+            notes.append(f"class_names has {len(shown)} name(s) for the {classes} columns of Y; classes are counted "
+                         "by number")
     if "source_paths" in file:
         paths = file["source_paths"]
-        first, last = (text(paths[0]), text(paths[-1])) if len(paths) else ("", "")
-        lines.append(f"source_paths  dataset {paths.shape} strings, {first} ... {last}")
+        if not isinstance(paths, h5py.Dataset) or paths.ndim != 1:
+            notes.append(f"source_paths is {getattr(paths, 'shape', type(paths).__name__)}, expected one path per row "
+                         "of X; not shown")
+        else:
+            first, last = (printable(paths[0]), printable(paths[-1])) if len(paths) else ("", "")
+            lines.append(f"source_paths  dataset {paths.shape} strings, {first} ... {last}")
+            if paths.shape[0] != rows:
+                notes.append(f"source_paths has {paths.shape[0]} entries for the {rows} rows of X")
     for name in ("frame_counts", "frame_rates"):
         if name in file:
-            values = file[name][:rows]
+            dset = file[name]
+            if not isinstance(dset, h5py.Dataset) or dset.ndim != 1 or dset.dtype.kind not in "iuf":
+                what = f"{dset.shape} {dset.dtype}" if isinstance(dset, h5py.Dataset) else type(dset).__name__
+                lines.append(f"{name:<13} dataset {what}")
+                notes.append(f"{name} is {what}, expected one number per row of X; not summarised")
+                continue
+            values = dset[:rows]
             summary = (f", min {values.min():g}, median {np.median(values):g}, max {values.max():g}"
                        if values.size else "")
-            lines.append(f"{name:<13} dataset {file[name].shape} {file[name].dtype}{summary}")
+            lines.append(f"{name:<13} dataset {dset.shape} {dset.dtype}{summary}")
+            if dset.shape[0] != rows:
+                notes.append(f"{name} has {dset.shape[0]} entries for the {rows} rows of X")
     from .dataset import read_groups, read_subset  # they check the values: a bad one is one line
 
     if "groups" in file:
@@ -397,8 +420,8 @@ def _provenance(file, rows: int) -> list[str]:
         lines.append(f"subset        dataset {file['subset'].shape} {file['subset'].dtype}, "
                      f"train {counts[0]}, validation {counts[1]}")
     if "generator" in file.attrs:
-        lines.append(f"generator     attribute, {text(file.attrs['generator'])}")
-    return lines
+        lines.append(f"generator     attribute, {printable(file.attrs['generator'])}")
+    return lines + [f"note          {note}" for note in notes], names
 
 
 LAUNCHER_RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "PMI_RANK")
@@ -448,7 +471,8 @@ def _train(args) -> int:
     history = train_model(
         model, args.file, validation_ratio=args.validation_ratio, batch_size=args.batch_size, epochs=args.epochs,
         seed=args.seed, scale_learning_rate=not args.no_scale_lr, warmup_epochs=args.warmup_epochs,
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, overwrite=args.overwrite,
+        keep_checkpoints=args.keep_checkpoints,
         monitor=None if args.monitor == "none" else args.monitor, log_dir=args.log_dir, remainder=args.remainder,
         augment=augment, split=args.split,
         threads=args.threads, prefetch=args.prefetch, allow_unwritten=args.allow_unwritten, verbose=args.verbose, check_every=args.check_every, sync_batchnorm=args.sync_bn,
@@ -497,12 +521,11 @@ def _predict(args) -> int:
     from .evaluation import predict_model, write_predictions
 
     predictions = predict_model(args.checkpoint, args.file, batch_size=args.batch_size, views=tuple(args.views),
-                                threads=args.threads)
+                                threads=args.threads, seed=args.seed, validation_ratio=args.validation_ratio,
+                                split=args.split)
     if _rank() == 0:  # rank 0 alone writes
         csv_path, png = write_predictions(predictions, out)
-        accuracy = float((predictions.predicted == predictions.labels).mean())
-        print(f"predictions={len(predictions.labels)} accuracy={accuracy!r} views={args.views[0]}x{args.views[1]} "
-              f"csv={csv_path} confusion={png}", flush=True)
+        print(f"{predictions.line()} views={args.views[0]}x{args.views[1]} csv={csv_path} confusion={png}", flush=True)
     return 0
 
 
@@ -533,9 +556,18 @@ def _load_compiled(path: str):
 
 
 def _inspect_checkpoint(args) -> int:
-    from .checkpoints import describe
+    from .checkpoints import describe, read_record, record_config
 
-    print(describe(args.checkpoint), flush=True)
+    try:
+        text = describe(args.checkpoint)
+    except (TypeError, AttributeError, KeyError) as exc:  # a record of another shape than train writes
+        raise ValueError(f"{args.checkpoint}: its record (distributed_h5.json) cannot be read: {exc!r}") from exc
+    try:
+        record_config(read_record(args.checkpoint))
+    except (TypeError, ValueError, AttributeError) as exc:  # shown as far as it goes, and why evaluate refuses it
+        text += (f"\nnote          the record's config is not a whole run configuration ({_one_line(exc)}); evaluate "
+                 "and predict refuse this checkpoint")
+    print(text, flush=True)
     return 0
 
 

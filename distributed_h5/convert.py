@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import runtime
-from .outputs import check_output
+from .outputs import check_output, printable
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
 PART_VIDEOS = 16  # videos per part file: the unit of work and of resume
@@ -94,12 +94,6 @@ class Listing(NamedTuple):
     problems: list[tuple[str, str]]  # (path, reason): folders that could not be read, links not followed
 
 
-def shown(name: str) -> str:
-    """``name`` as printable UTF-8 text: the bytes of a file name that is not UTF-8 (which Python
-    decodes to surrogates) shown as ``\\xNN`` escapes."""
-    return name.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
-
-
 def _kind(entry: os.DirEntry) -> tuple[str, str]:
     """What a directory entry is to the listing: ``("dir" | "file" | "other" | "skipped", reason)``.
 
@@ -108,11 +102,11 @@ def _kind(entry: os.DirEntry) -> tuple[str, str]:
     tree would pull in videos from elsewhere) and a symlink that cannot be followed (a loop, or
     to nothing).
     """
-    if shown(entry.name) != entry.name:
+    if printable(entry.name) != entry.name:
         return "skipped", "the name is not valid UTF-8 (the output stores names as UTF-8); rename it; not converted"
     try:
         if entry.is_symlink():
-            target = shown(os.readlink(entry.path))
+            target = printable(os.readlink(entry.path))
             try:
                 os.stat(entry.path)
             except OSError as exc:
@@ -132,15 +126,15 @@ def _scan(folder: Path, source: Path, problems: list[tuple[str, str]]) -> list[P
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as exc:
-        problems.append((shown(str(folder.relative_to(source))), f"folder cannot be read ({exc.strerror}); its videos "
-                                                                 "are not converted"))
+        problems.append((printable(str(folder.relative_to(source))),
+                         f"folder cannot be read ({exc.strerror}); its videos are not converted"))
         return []
     found = []
     for entry in entries:
         path = Path(entry.path)
         kind, reason = _kind(entry)
         if kind == "skipped":
-            problems.append((shown(str(path.relative_to(source))), reason))
+            problems.append((printable(str(path.relative_to(source))), reason))
         elif kind == "dir":
             found += _scan(path, source, problems)
         elif kind == "file" and path.suffix.lower() in VIDEO_SUFFIXES:
@@ -159,7 +153,7 @@ def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> Lis
         for entry in sorted(os.scandir(source), key=lambda entry: entry.name):
             kind, reason = _kind(entry)
             if kind == "skipped":  # not a class (see _kind); its videos are not converted
-                problems.append((shown(entry.name), reason))
+                problems.append((printable(entry.name), reason))
             elif kind == "dir":
                 names.append(entry.name)
         if not names:

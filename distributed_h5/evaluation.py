@@ -20,16 +20,19 @@ crop); :func:`clip_views` is the one place that places them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 
 from . import checkpoints, collective as collectives, replicas, sharding
 from .augment import Augment, Views
-from .dataset import describe, load_split, open_file
+from .dataset import DatasetError, describe, load_split, open_file
+from .outputs import printable
 from .reader import BatchReader
 from .runtime import world
 
@@ -160,13 +163,33 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[keras.Model, checkpoints.R
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"--checkpoint {path}: no such file")
-    record = checkpoints.read_record(path)
+    config = _record_config(path, checkpoints.read_record(path))  # a bad record is one line before the model loads
     try:
         model = keras.models.load_model(path)
     except Exception as exc:  # Keras raises many kinds for a bad file; the user needs one line
         raise ValueError(f"--checkpoint {path}: cannot be loaded by keras.models.load_model: "
                          f"{' '.join(str(exc).split())}") from exc
-    return model, checkpoints.record_config(record)
+    return model, config
+
+
+def _record_config(path: str, record: dict) -> checkpoints.RunConfig | None:
+    """The record's run configuration, or a one-line ValueError naming what is missing or wrong."""
+    config = record.get("config")
+    if config and not isinstance(config, dict):
+        raise ValueError(f"--checkpoint {path}: its record ({checkpoints.RECORD}) has a 'config' of type "
+                         f"{type(config).__name__}, expected an object of the run's settings")
+    if config:
+        required = [f.name for f in dataclasses.fields(checkpoints.RunConfig)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in config]
+        if missing:
+            raise ValueError(f"--checkpoint {path}: its record ({checkpoints.RECORD}) lacks {', '.join(missing)} in "
+                             "'config'; expected a checkpoint written by distributed-h5 train")
+    try:
+        return checkpoints.record_config(record)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--checkpoint {path}: its record ({checkpoints.RECORD}) cannot be read: "
+                         f"{' '.join(str(exc).split())}") from exc
 
 
 def _augment_of(config: checkpoints.RunConfig | None) -> Augment | None:
@@ -215,6 +238,27 @@ def _scorer(model: keras.Model, views: tuple[int, int], classes: int) -> ViewAve
     return scorer
 
 
+def _check_classes(model: keras.Model, classes: int, path) -> None:
+    """Refuse (ValueError, one line) a model whose output is not one score per class of ``path``'s ``Y``."""
+    shape = getattr(model, "output_shape", None)
+    outputs = shape[-1] if isinstance(shape, tuple) and shape else None
+    if outputs is not None and outputs != classes:
+        raise ValueError(f"the model predicts {outputs} classes but {path} has {classes} (the columns of 'Y'); "
+                         "score it on a file with the classes it was trained on")
+
+
+def _plan(path, info, settings: dict, rank: int = 0, size: int = 1) -> sharding.ShardPlan:
+    """The train/validation split ``settings`` say (seed, validation_ratio, split), as training took it;
+    ``settings["split"]`` becomes the split used (None picks ``"groups"`` when the file has them)."""
+    with open_file(path) as file:
+        mode, per_sample = load_split(file, settings["split"], info.sample_count)
+    settings["split"] = mode
+    return sharding.ShardPlan(info.sample_count, validation_ratio=settings["validation_ratio"], seed=settings["seed"],
+                              rank=rank, size=size, batch_size=settings["batch_size"],
+                              split=mode, groups=per_sample if mode == "groups" else None,
+                              subset=per_sample if mode == "file" else None)
+
+
 def _check_input(model: keras.Model, view_shape: tuple, where: str) -> None:
     expected = tuple(model.input_shape[1:]) if hasattr(model, "input_shape") else None
     if expected and len(expected) == len(view_shape) and any(e is not None and e != v
@@ -253,18 +297,13 @@ def evaluate_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: 
     info = describe(path, allow_unwritten=allow_unwritten)  # a bad file is one line before the model loads
     model, settings, augment = _resolve(model_or_checkpoint, seed=seed, validation_ratio=validation_ratio,
                                         split=split, batch_size=batch_size, augment=augment)
+    _check_classes(model, info.classes, path)
     collective = _engine()
-    with open_file(path) as file:
-        mode, per_sample = load_split(file, settings["split"], info.sample_count)
-    settings["split"] = mode
-    plan = sharding.ShardPlan(info.sample_count, validation_ratio=settings["validation_ratio"], seed=settings["seed"],
-                              rank=collective.rank, size=collective.size, batch_size=settings["batch_size"],
-                              split=mode, groups=per_sample if mode == "groups" else None,
-                              subset=per_sample if mode == "file" else None)
+    plan = _plan(path, info, settings, collective.rank, collective.size)
     samples = int(plan.subsets.validation.size)
     if samples == 0:
         raise ValueError(f"the validation subset of {path} is empty (validation_ratio={settings['validation_ratio']}, "
-                         f"split={mode!r}); pass another validation ratio or split")
+                         f"split={settings['split']!r}); pass another validation ratio or split")
     view_shape = (augment or Augment()).output_shape(info.clip_shape)
     _check_input(model, view_shape, f"{path} with {augment or 'no clip sampling'}")
     scorer = _scorer(model, views, info.classes)
@@ -289,6 +328,22 @@ class Predictions:
     labels: np.ndarray  # (samples,) true class indices
     class_names: list[str]
     source_paths: list[str] | None
+    subset: np.ndarray | None = None  # (samples,) 1 validation, 0 train, as training split the file
+    settings: dict = field(default_factory=dict)  # seed, validation_ratio, split, batch_size, ranks
+
+    def accuracy(self, side: str) -> tuple[float, int]:
+        """``(accuracy, clips)`` on the ``"validation"`` or ``"train"`` side (nan when it has no clips)."""
+        chosen = self.subset == (1 if side == "validation" else 0)
+        count = int(chosen.sum())
+        return (float((self.predicted[chosen] == self.labels[chosen]).mean()) if count else float("nan")), count
+
+    def line(self) -> str:
+        """The CLI's line: validation and training accuracy apart (training clips were learnt, not measured)."""
+        parts = [f"predictions={len(self.labels)}"]
+        for side in ("validation", "train"):
+            accuracy, count = self.accuracy(side)
+            parts += [f"{side}_accuracy={accuracy!r}", f"{side}_samples={count}"]
+        return " ".join(parts + [f"{key}={value}" for key, value in self.settings.items()])
 
     def confusion(self) -> np.ndarray:
         """Counts, rows the true class and columns the predicted one."""
@@ -297,35 +352,68 @@ class Predictions:
 
 
 def _class_names(file, classes: int) -> list[str]:
-    names = file.attrs.get("class_names")
-    if names is None or np.asarray(names).size != classes:
+    """The file's ``class_names`` (one per column of Y), else the class numbers; a DatasetError (one line)
+    when the attribute holds another number of names."""
+    try:
+        names = file.attrs.get("class_names")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{file.filename}: attribute 'class_names' cannot be read: {exc}") from exc
+    if names is None:
         return [str(k) for k in range(classes)]
-    return [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in np.asarray(names).reshape(-1)]
+    names = np.asarray(names, dtype=object).reshape(-1)
+    if names.size != classes:
+        raise DatasetError(f"{file.filename}: attribute 'class_names' has {names.size} name(s) but 'Y' has {classes} "
+                           "columns; expected one name per class")
+    return [printable(name) for name in names]
+
+
+def _source_paths(file, sample_count: int) -> list[str] | None:
+    """The ``source_paths`` of the clips in use, or None without them; a DatasetError (one line) when
+    there are fewer than the clips in use."""
+    if "source_paths" not in file:
+        return None
+    paths = file["source_paths"]
+    if not isinstance(paths, h5py.Dataset) or paths.ndim != 1:
+        shape = getattr(paths, "shape", type(paths).__name__)
+        raise DatasetError(f"{file.filename}: 'source_paths' is {shape}, expected a 1-D dataset of one source path "
+                           "per row of X")
+    if paths.shape[0] < sample_count:
+        raise DatasetError(f"{file.filename}: dataset 'source_paths' has {paths.shape[0]} entries but {sample_count} "
+                           "clips are in use (sample_count); expected one source path per row of X")
+    try:
+        return [printable(p) for p in paths[:sample_count]]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{file.filename}: dataset 'source_paths' cannot be read: {exc}") from exc
 
 
 def predict_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: int | None = None,
+                  validation_ratio: float | None = None, seed: int | None = None, split: str | None = None,
                   views: tuple[int, int] = (1, 1), augment: Augment | None = None, threads: int | None = None,
                   allow_unwritten: bool = False) -> Predictions:
     """The predicted class of every clip in use in ``path`` (views averaged) and its probability,
-    the same on every rank.
+    the same on every rank, with the side of the split each clip was on in training.
 
     Each rank predicts a contiguous share; the shares are combined by summing arrays that are
     zero outside each rank's rows, which is exact. Only the top class and its score travel (16
-    bytes a clip, not a row of every class's score). Arguments as for :func:`evaluate_model`.
+    bytes a clip, not a row of every class's score). The split is the checkpoint's (seed,
+    validation ratio, split) unless given, as for :func:`evaluate_model`, so
+    :meth:`Predictions.accuracy` keeps clips the model learnt apart from clips it did not.
+    Arguments as for :func:`evaluate_model`.
     """
     from .dataset import read_labels
 
     views = _check_views(views)
     info = describe(path, allow_unwritten=allow_unwritten)  # a bad file is one line before the model loads
-    model, settings, augment = _resolve(model_or_checkpoint, seed=None, validation_ratio=None, split=None,
-                                        batch_size=batch_size, augment=augment)
-    with open_file(path) as file:
+    with open_file(path) as file:  # and so is inconsistent metadata
         labels = read_labels(file, info.sample_count)
         class_names = _class_names(file, info.classes)
-        paths = None
-        if "source_paths" in file:
-            paths = [p.decode(errors="replace") if isinstance(p, bytes) else str(p)
-                     for p in file["source_paths"][: info.sample_count]]
+        paths = _source_paths(file, info.sample_count)
+    model, settings, augment = _resolve(model_or_checkpoint, seed=seed, validation_ratio=validation_ratio,
+                                        split=split, batch_size=batch_size, augment=augment)
+    _check_classes(model, info.classes, path)
+    plan = _plan(path, info, settings)  # only the split: every rank predicts its share of all clips
+    subset = np.zeros(info.sample_count, dtype=np.uint8)
+    subset[plan.subsets.validation] = 1
     _check_input(model, (augment or Augment()).output_shape(info.clip_shape), f"{path} with {augment or 'no clip sampling'}")
     collective = _engine()
     scorer = _scorer(model, views, info.classes)
@@ -339,28 +427,60 @@ def predict_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: i
             top[0, batch] = scores.argmax(axis=1)
             top[1, batch] = scores.max(axis=1)
     top = collective.sum([top])[0]  # zeros outside each rank's rows: the sum is every rank's values, exactly
-    return Predictions(top[0].astype(np.int64), top[1].astype(np.float32), labels, class_names, paths)
+    settings["ranks"] = collective.size
+    return Predictions(top[0].astype(np.int64), top[1].astype(np.float32), labels, class_names, paths, subset,
+                       settings)
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
+
+
+def csv_cell(value: str) -> str:
+    """``value`` safe for a spreadsheet: a leading ``'`` when it starts like a formula (see :func:`write_predictions`).
+
+    Example:
+        >>> csv_cell("=cmd|' /C calc'!A0"), csv_cell("cat")
+        ("'=cmd|' /C calc'!A0", 'cat')
+    """
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
 def write_predictions(predictions: Predictions, out: str | os.PathLike) -> tuple[Path, Path]:
     """Write the CSV (one row per clip) and the confusion-matrix PNG beside it; returns both paths.
 
-    Rank 0 alone calls this. Both are written under temporary names and renamed.
+    Columns: ``index``, ``source_path`` (when the file has them), ``predicted``, ``probability``,
+    ``true`` and ``subset`` (``train`` or ``validation``, when known), UTF-8. Class names and
+    source paths come from the data file, so a cell that starts with ``=``, ``+``, ``-``, ``@``,
+    a tab or a carriage return gets a leading ``'`` (OWASP's rule against CSV injection): a
+    spreadsheet then shows it as text instead of running it as a formula.
+
+    Rank 0 alone calls this. Both are written under temporary names and renamed; on a failure
+    (a full disk, say) neither is left behind, and the OSError names ``out``.
     """
     out = Path(out)
     png = out.with_name(f"{out.stem}-confusion.png")
-    names = predictions.class_names
+    names = [csv_cell(name) for name in predictions.class_names]
+    sides = None if predictions.subset is None else np.array(["train", "validation"])[predictions.subset]
     partial = out.with_name(f".partial-{out.name}")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        header = ["index"] + (["source_path"] if predictions.source_paths is not None else [])
-        writer.writerow(header + ["predicted", "probability", "true"])
-        for index, (best, score, label) in enumerate(zip(predictions.predicted, predictions.probability,
-                                                          predictions.labels)):
-            path = [predictions.source_paths[index]] if predictions.source_paths is not None else []
-            writer.writerow([index, *path, names[best], f"{score:.6f}", names[label]])
-    os.replace(partial, out)
-    _plot_confusion(predictions.confusion(), names, png)
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            header = ["index"] + (["source_path"] if predictions.source_paths is not None else [])
+            writer.writerow(header + ["predicted", "probability", "true"] + (["subset"] if sides is not None else []))
+            for index, (best, score, label) in enumerate(zip(predictions.predicted, predictions.probability,
+                                                              predictions.labels)):
+                path = [csv_cell(predictions.source_paths[index])] if predictions.source_paths is not None else []
+                side = [sides[index]] if sides is not None else []
+                writer.writerow([index, *path, names[best], f"{score:.6f}", names[label], *side])
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OSError(f"{out}: cannot be written ({exc.strerror or exc})") from exc
+    try:
+        _plot_confusion(predictions.confusion(), predictions.class_names, png)
+    except OSError as exc:
+        out.unlink(missing_ok=True)  # all or nothing: no CSV without its PNG
+        raise OSError(f"{png}: cannot be written ({exc.strerror or exc}); {out} was removed") from exc
     return out, png
 
 
@@ -386,6 +506,9 @@ def _plot_confusion(counts: np.ndarray, names: list[str], png: Path) -> None:
     axis.set(xlabel="predicted", ylabel="true", title=f"{counts.sum()} clips, accuracy {accuracy:.3f}")
     figure.tight_layout()
     partial = png.with_name(f".partial-{png.name}")
-    figure.savefig(partial, format="png")
-    plt.close(figure)
-    os.replace(partial, png)
+    try:
+        figure.savefig(partial, format="png")
+        os.replace(partial, png)
+    finally:
+        plt.close(figure)
+        partial.unlink(missing_ok=True)

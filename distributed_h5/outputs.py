@@ -1,4 +1,5 @@
-"""Checks on an output file's path before any work is done. Imports nothing beyond the standard library.
+"""Checks on an output file's path before any work is done, and text that can always be written.
+Imports nothing beyond the standard library.
 
 Writers here (``make-synthetic``, ``convert``) write ``OUT.partial`` next to ``OUT`` and
 rename it when complete, so what they need is a directory they can create files in, and an
@@ -36,3 +37,23 @@ def check_output(path: str | os.PathLike) -> Path:
         raise ValueError(f"output {path}: cannot create files in {folder} ({exc.strerror})") from exc
     probe.unlink()
     return path
+
+
+def printable(value) -> str:
+    """``value`` (str or bytes) as text that can always be printed or written as UTF-8.
+
+    A name that is not UTF-8 (bytes from a file system or an HDF5 string, which Python decodes
+    to surrogates) shows its bad bytes as ``\\xNN`` escapes instead of failing a write later.
+
+    Example:
+        >>> printable(b"caf\\xe9"), printable("caf\\udce9"), printable("chat")
+        ('caf\\\\xe9', 'caf\\\\xe9', 'chat')
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+    return value

@@ -278,3 +278,52 @@ def test_without_tensorflow_train_is_one_line_and_doctor_says_what_is_missing(tm
     assert [line.split(None, 2)[:2] for line in doctor.stdout.splitlines()[1:3]] == [["tensorflow", "no"],
                                                                                     ["keras", "no"]]
     assert doctor.stdout.splitlines()[-1] == "missing what was required: tensorflow"
+
+
+def test_inspect_shows_inconsistent_provenance_as_far_as_it_is_consistent_with_a_note(tmp_path):
+    from distributed_h5 import make_synthetic
+
+    path = make_synthetic(tmp_path / "d.h5", samples=12, frames=2, channels=1, size=(8, 8), classes=3, progress=False)
+    with h5py.File(path, "a") as file:
+        file["Y"][...] = np.eye(3, dtype=file["Y"].dtype)[np.arange(12) % 3]
+        file.attrs["class_names"] = np.array([b"caf\xe9", "dog"], dtype=h5py.string_dtype())  # 2 names, not UTF-8
+        file.create_dataset("source_paths", data=np.array([f"c{k}.mp4" for k in range(10)], dtype=h5py.string_dtype()))
+        file.create_dataset("frame_counts", data=np.array([b"30"] * 12))
+    result = run_cli("inspect", path)
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert lines[lines.index("class counts  0: 4, 1: 4, 2: 4"):] == [
+        "class counts  0: 4, 1: 4, 2: 4",
+        "class_names   attribute, 2: caf\\xe9, dog",
+        "source_paths  dataset (10,) strings, c0.mp4 ... c9.mp4",
+        "frame_counts  dataset (12,) |S2",
+        "generator     attribute, distributed_h5.synthetic",
+        "note          class_names has 2 name(s) for the 3 columns of Y; classes are counted by number",
+        "note          source_paths has 10 entries for the 12 rows of X",
+        "note          frame_counts is (12,) |S2, expected one number per row of X; not summarised",
+    ]
+
+
+def test_inspect_checkpoint_of_a_record_without_a_field_says_so(tmp_path):
+    import json
+    import zipfile
+
+    checkpoint = tmp_path / "old.keras"
+    config = {"seed": 0, "validation_ratio": 0.3, "sample_count": 12, "fingerprint": "0", "path": "d.h5",
+              "file_bytes": 0, "remainder": "pad", "batch_size": 4, "ranks": 1, "global_batch": 4, "base_batch": 4,
+              "precision": "float32", "version": "0"}  # no engine: written before engines existed
+    with zipfile.ZipFile(checkpoint, "w") as archive:
+        archive.writestr("distributed_h5.json", json.dumps({"format": 1, "position": {"epoch": 1, "sample": 0},
+                                                            "config": config}))
+    result = run_cli("inspect-checkpoint", checkpoint)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[0] == f"checkpoint    {checkpoint}"
+    assert result.stdout.splitlines()[-1] == (
+        "note          the record's config is not a whole run configuration (RunConfig.__init__() missing 1 required "
+        "positional argument: 'engine'); evaluate and predict refuse this checkpoint")
+    with zipfile.ZipFile(checkpoint, "w") as archive:  # a record of another shape altogether
+        archive.writestr("distributed_h5.json", json.dumps({"position": [1, 0], "config": config}))
+    result = run_cli("inspect-checkpoint", checkpoint)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        f"distributed-h5 inspect-checkpoint: error: {checkpoint}: its record (distributed_h5.json) cannot be read: "
+        "AttributeError(\"'list' object has no attribute 'get'\")\n"))

@@ -81,14 +81,20 @@ def test_predict_writes_every_clip_with_class_names_and_a_confusion_matrix(run):
         rows = list(csv.DictReader(handle))
     with h5py.File(root / "ucf.h5", "r") as file:
         paths = [p.decode() for p in file["source_paths"][:]]
-    assert list(rows[0]) == ["index", "source_path", "predicted", "probability", "true"]
+    assert list(rows[0]) == ["index", "source_path", "predicted", "probability", "true", "subset"]
     assert [row["index"] for row in rows] == [str(i) for i in range(18)]
     assert [row["source_path"] for row in rows] == paths
     assert [row["true"] for row in rows] == [p.split("/")[0] for p in paths]  # class names, not numbers
     assert {row["predicted"] for row in rows} <= {"Blue", "Green", "Red"}
     assert all(1 / 3 <= float(row["probability"]) <= 1 for row in rows)
-    accuracy = np.mean([row["predicted"] == row["true"] for row in rows])
-    assert fields(result.stdout.strip())["accuracy"] == repr(float(accuracy))
+    # The checkpoint's split (the split file's): group 3 was validation, the rest was trained on.
+    assert [row["subset"] for row in rows] == ["validation" if "_g03_" in p else "train" for p in paths]
+    got = fields(result.stdout.strip())
+    for side, count in (("validation", 6), ("train", 12)):
+        accuracy = np.mean([row["predicted"] == row["true"] for row in rows if row["subset"] == side])
+        assert (got[f"{side}_accuracy"], got[f"{side}_samples"]) == (repr(float(accuracy)), str(count))
+    assert "accuracy" not in got  # no figure that mixes clips the model learnt with clips it did not
+    assert (got["split"], got["seed"], got["validation_ratio"]) == ("file", "0", "0.3")
     assert (root / "predictions-confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -157,3 +163,134 @@ def test_readme_split_workflow_runs_as_written(tmp_path):
     with open(tmp_path / "runs" / "ucf101" / "predictions.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 36
     assert (tmp_path / "runs" / "ucf101" / "predictions-confusion.png").exists()
+
+
+def test_predict_validation_accuracy_is_evaluate_s(run):
+    root, final = run
+    result = run_cli("predict", "ucf.h5", "--checkpoint", "run/epoch-0002.keras", "--out", "one-view.csv",
+                     "--tf-threads", 1, cwd=root)
+    assert result.returncode == 0, result.stderr
+    got = fields(result.stdout.strip())
+    # The same 6 clips as evaluate and training's validation, the same centre view: the same accuracy
+    # (training's is a float32 metric, rounded here to the sixths it counts).
+    assert got["validation_samples"] == "6"
+    assert round(float(got["validation_accuracy"]) * 6) == round(float(final["val_accuracy"]) * 6)
+    assert abs(float(got["validation_accuracy"]) - float(final["val_accuracy"])) < 1e-6
+
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """An untrained 3-class model for (2, 1, 8, 8) clips saved as a plain .keras file (no record)."""
+    from distributed_h5.models import video_classifier
+
+    root = tmp_path_factory.mktemp("plain")
+    model = video_classifier((2, 1, 8, 8), 3, width=2, depth=1, seed=0)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)  # saved with its state, as train saves: loads without warnings
+    model.save(root / "plain.keras")
+    return root / "plain.keras"
+
+
+def small_file(path, **attributes):
+    """12 clips of (2, 1, 8, 8), 3 classes (k % 3), with ``attributes`` as root attributes or, for
+    ``source_paths``, a dataset."""
+    path = make_synthetic(path, samples=12, frames=2, channels=1, size=(8, 8), classes=3, progress=False)
+    with h5py.File(path, "a") as file:
+        file["Y"][...] = np.eye(3, dtype=file["Y"].dtype)[np.arange(12) % 3]
+        for name, value in attributes.items():
+            if name == "source_paths":
+                file.create_dataset(name, data=np.array(value, dtype=h5py.string_dtype()))
+            else:
+                file.attrs[name] = np.array(value, dtype=h5py.string_dtype())
+    return path
+
+
+def test_predictions_csv_neutralises_spreadsheet_formulas(tmp_path):
+    from distributed_h5.evaluation import Predictions, write_predictions
+
+    names = ["=cmd|' /C calc'!A0", "+SUM(A1)", "@x", "-1", "\tx", "cat"]
+    predictions = Predictions(np.array([0, 5, 3]), np.array([0.5, 0.25, 1.0], dtype=np.float32), np.array([1, 2, 4]),
+                              names, ["=HYPERLINK(\"http://x\")", "ok.mp4", "-a.mp4"], np.array([1, 0, 0], np.uint8))
+    csv_path, png = write_predictions(predictions, tmp_path / "p.csv")
+    assert csv_path.read_bytes().decode("utf-8") == (
+        "index,source_path,predicted,probability,true,subset\r\n"
+        "0,\"'=HYPERLINK(\"\"http://x\"\")\",'=cmd|' /C calc'!A0,0.500000,'+SUM(A1),validation\r\n"
+        "1,ok.mp4,cat,0.250000,'@x,train\r\n"
+        "2,'-a.mp4,'-1,1.000000,'\tx,train\r\n")
+    assert png.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["p-confusion.png", "p.csv"]
+
+
+def test_predict_writes_class_names_that_are_not_utf8_and_formulas_as_text(plain, tmp_path):
+    """Names come from the data file: bytes that are not UTF-8 are written as \\xNN escapes, formulas as text."""
+    path = small_file(tmp_path / "d.h5", class_names=[b"caf\xe9", "=cmd|' /C calc'!A0", "dog"],
+                      source_paths=[f"-clip{k}.mp4" for k in range(12)])
+    result = run_cli("predict", path, "--checkpoint", plain, "--out", tmp_path / "p.csv", "--tf-threads", 1)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["true"] for row in rows] == ["caf\\xe9", "'=cmd|' /C calc'!A0", "dog"] * 4
+    assert [row["source_path"] for row in rows] == [f"'-clip{k}.mp4" for k in range(12)]
+    got = fields(result.stdout.strip())
+    assert (got["validation_samples"], got["train_samples"], got["split"], got["seed"]) == ("4", "8", "random", "0")
+    assert [row["subset"] for row in rows].count("validation") == 4
+
+
+@pytest.mark.parametrize("case", ["class_names", "source_paths"])
+def test_predict_refuses_inconsistent_metadata_in_one_line_before_any_work(plain, tmp_path, case):
+    if case == "class_names":
+        path = small_file(tmp_path / "d.h5", class_names=["cat", "dog"])
+        message = f"{path}: attribute 'class_names' has 2 name(s) but 'Y' has 3 columns; expected one name per class"
+    else:
+        path = small_file(tmp_path / "d.h5", source_paths=[f"clip{k}.mp4" for k in range(10)])
+        message = (f"{path}: dataset 'source_paths' has 10 entries but 12 clips are in use (sample_count); expected "
+                   "one source path per row of X")
+    result = run_cli("predict", path, "--checkpoint", plain, "--out", tmp_path / "p.csv", "--tf-threads", 1)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"distributed-h5 predict: error: {message}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]  # no CSV, no .partial-p.csv
+
+
+def checkpoint_without(plain, tmp_path, field):
+    """``plain`` with a distributed_h5.json record whose config lacks ``field``."""
+    import dataclasses
+    import json
+    import shutil
+    import zipfile
+
+    from distributed_h5.checkpoints import RECORD, RunConfig
+
+    config = RunConfig(seed=0, validation_ratio=0.25, sample_count=12, fingerprint="0", path="d.h5", file_bytes=0,
+                       remainder="pad", batch_size=4, ranks=1, global_batch=4, base_batch=4, precision="float32",
+                       engine="horovod", version="0")
+    record = {"format": 1, "position": {"epoch": 1, "sample": 0},
+              "config": {k: v for k, v in dataclasses.asdict(config).items() if k != field}}
+    path = tmp_path / "old.keras"
+    shutil.copy(plain, path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(RECORD, json.dumps(record))
+    return path
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_checkpoint_record_without_a_field_is_one_line(plain, tmp_path, command):
+    path = small_file(tmp_path / "d.h5")
+    checkpoint = checkpoint_without(plain, tmp_path, "engine")
+    out = ("--out", tmp_path / "p.csv") if command == "predict" else ()
+    result = run_cli(command, path, "--checkpoint", checkpoint, *out, "--tf-threads", 1)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        f"distributed-h5 {command}: error: --checkpoint {checkpoint}: its record (distributed_h5.json) lacks engine in "
+        "'config'; expected a checkpoint written by distributed-h5 train\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "old.keras"]
+
+
+@pytest.mark.parametrize("classes", [5, 2])
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_file_with_another_class_count_is_one_line(plain, tmp_path, command, classes):
+    path = make_synthetic(tmp_path / f"{classes}.h5", samples=12, frames=2, channels=1, size=(8, 8), classes=classes,
+                          progress=False)
+    out = ("--out", tmp_path / "p.csv") if command == "predict" else ()
+    result = run_cli(command, path, "--checkpoint", plain, *out, "--tf-threads", 1)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        f"distributed-h5 {command}: error: the model predicts 3 classes but {path} has {classes} (the columns of 'Y'); "
+        "score it on a file with the classes it was trained on\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{classes}.h5"]  # no CSV, no .partial
