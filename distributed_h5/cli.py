@@ -72,6 +72,18 @@ def _int_at_least(minimum: int):
 
 _positive = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+SEED_MAX = 2**63 - 1  # numpy takes any seed >= 0, Keras' seed generators an int64, the augmentation keys 64 bits
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer in [0, 2**63 - 1], what every random stream seeded from it accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {SEED_MAX}], got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {SEED_MAX}] (2**63 - 1), got {text}")
+    return value
 
 
 def _add_engine_argument(command) -> None:
@@ -124,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--chunks", choices=("clip", "none"), default="clip", help="one clip per chunk, or contiguous")
     make.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none")
     make.add_argument("--sample-count", type=_positive, help="the sample_count attribute (default: --samples)")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--seed", type=_seed, default=0)
 
     convert = commands.add_parser("convert", help="video files to the HDF5 layout (parallel under mpirun or srun)")
     convert.add_argument("source", help="SRC/<class>/<video> folders, or the folder CSV paths are relative to")
@@ -163,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive, default=10)
     train.add_argument("--batch-size", type=_positive, default=32, help="clips per step on each rank")
     train.add_argument("--validation-ratio", type=float, default=0.3)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--model", default="video",
                        help="'video' (the compact (2+1)D model), 'r2plus1d_18', or a compiled .keras model file")
     train.add_argument("--width", type=_positive, help="reference models: filters of the first block "
@@ -242,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="TensorFlow threads per rank (default: $DH5_TF_THREADS, else TensorFlow's)")
         _add_engine_argument(sub)
     for sub in (evaluate, predict):  # the split training took: predict reports its two sides apart
-        sub.add_argument("--seed", type=int, help="split seed (default: the checkpoint's)")
+        sub.add_argument("--seed", type=_seed, help="split seed (default: the checkpoint's)")
         sub.add_argument("--validation-ratio", type=_unit, help="(default: the checkpoint's)")
         sub.add_argument("--split", choices=SPLITS, help="(default: the checkpoint's)")
     predict.add_argument("--out", required=True, help="the CSV to write; the PNG goes beside it as OUT-confusion.png")

@@ -327,3 +327,22 @@ def test_inspect_checkpoint_of_a_record_without_a_field_says_so(tmp_path):
     assert (result.returncode, result.stdout, result.stderr) == (2, "", (
         f"distributed-h5 inspect-checkpoint: error: {checkpoint}: its record (distributed_h5.json) cannot be read: "
         "AttributeError(\"'list' object has no attribute 'get'\")\n"))
+
+
+@pytest.mark.parametrize("seed", ["-1", "1" + "0" * 24, str(2**63)])
+@pytest.mark.parametrize("command", ["make-synthetic", "train", "evaluate", "predict"])
+def test_a_seed_out_of_range_names_the_flag_and_the_range(tmp_path, command, seed):
+    args = {"make-synthetic": [tmp_path / "out.h5", "--samples", 4], "train": [tmp_path / "f.h5"],
+            "evaluate": [tmp_path / "f.h5", "--checkpoint", "c.keras"],
+            "predict": [tmp_path / "f.h5", "--checkpoint", "c.keras", "--out", tmp_path / "p.csv"]}[command]
+    result = run_cli(command, *args, "--seed", seed)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        f"distributed-h5 {command}: error: argument --seed: must be an integer in [0, 9223372036854775807] "
+        f"(2**63 - 1), got {seed} (see distributed-h5 {command} --help)\n"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_largest_seed_is_taken(tmp_path):
+    result = run_cli("make-synthetic", tmp_path / "out.h5", "--samples", 4, "--frames", 2, "--size", 4, 4,
+                     "--seed", 2**63 - 1)
+    assert (result.returncode, result.stdout) == (0, f"wrote {tmp_path / 'out.h5'}\n"), result.stderr
