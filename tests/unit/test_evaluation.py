@@ -294,3 +294,26 @@ def test_a_file_with_another_class_count_is_one_line(plain, tmp_path, command, c
         f"distributed-h5 {command}: error: the model predicts 3 classes but {path} has {classes} (the columns of 'Y'); "
         "score it on a file with the classes it was trained on\n"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{classes}.h5"]  # no CSV, no .partial
+
+
+def test_a_full_disk_under_predict_s_output_is_one_line_naming_it_and_leaves_nothing(plain, tmp_path):
+    path = small_file(tmp_path / "d.h5")
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with open(small / "filler", "wb", buffering=0) as filler:  # the disk full, yet new empty files can be made
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+            except OSError:
+                pass
+        result = run_cli("predict", path, "--checkpoint", plain, "--out", small / "p.csv", "--tf-threads", 1)
+        left = sorted(p.name for p in small.iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        f"distributed-h5 predict: error: {small / 'p.csv'}: cannot be written (No space left on device)\n"))
+    assert left == ["filler"]
