@@ -308,8 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--cold", action="store_true", help="drop the file from the page cache before every run")
     au.add_argument("--gradient-mb", type=float, default=0.0, help="MB allreduced per step with Horovod Gloo (default 0)")
     au.add_argument("--seconds", type=float, default=5.0, help="timed seconds per run, at most one epoch (default 5)")
-    au.add_argument("--loaders", default="distributed_h5,torch-dataloader,tfdata,seed",
-                    help="comma-separated loaders (default: all four)")
+    au.add_argument("--loaders", help="comma-separated loaders (default: those of distributed_h5, torch-dataloader, "
+                                      "tfdata and seed that can run here)")
     au.add_argument("--threads", type=_positive, help="distributed_h5 reader threads (default: train_model's)")
     au.add_argument("--feeder-workers", type=_positive, default=1, help="distributed_h5 Feeder threads (default 1)")
     au.add_argument("--feeder-prefetch", type=_non_negative_int, default=0,
@@ -603,8 +603,15 @@ def _bench_au(args) -> int:
         if not args.files:
             raise ValueError("bench au needs at least one FILE (or --from-csv)")
         ranks = _rank_counts(args.ranks)
-        loaders = [name.strip() for name in args.loaders.split(",") if name.strip()]
+        loaders = [name.strip() for name in (args.loaders or ",".join(au.LOADERS)).split(",") if name.strip()]
         au.check_loaders(loaders)
+        unavailable = au.missing(loaders)
+        if unavailable and args.loaders:  # asked for by name: one line before any work
+            name, why = next(iter(unavailable.items()))
+            raise ValueError(f"--loaders {name}: {why}")
+        if unavailable:  # the default set: run the others, and say what was left out
+            loaders = [name for name in loaders if name not in unavailable]
+            print("note: left out " + "; ".join(f"{name}: {why}" for name, why in unavailable.items()), flush=True)
         for name, value in (("--compute-ms", args.compute_ms), ("--seconds", args.seconds)):
             if not value > 0:
                 raise ValueError(f"{name} must be a number > 0. Received: {value}")

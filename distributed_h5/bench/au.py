@@ -419,6 +419,19 @@ def check_loaders(loaders: Sequence[str]) -> None:
                          f"Received: {','.join(loaders) or '(empty)'}")
 
 
+# What a loader needs beyond the package's own dependencies: (module, name, how to add it).
+NEEDS = {"torch-dataloader": ("torch", "PyTorch", "pip install torch, or pip install 'distributed_h5[bench-torch]'")}
+
+
+def missing(loaders: Sequence[str]) -> dict[str, str]:
+    """``{loader: why it cannot run here and how to add what it needs}`` for the ``loaders`` that
+    cannot run in this environment (checked in the driver, before any rank starts)."""
+    from importlib.util import find_spec
+
+    return {name: f"{NEEDS[name][1]} is not installed ({NEEDS[name][2]})"
+            for name in loaders if name in NEEDS and find_spec(NEEDS[name][0]) is None}
+
+
 def bench_au(files: Sequence[str], ranks: Sequence[int], *, loaders: Sequence[str] = LOADERS,
              compute_ms: float = 30.0, batch_size: int = 16, cold: bool = False, gradient_mb: float = 0.0,
              seconds: float = 5.0, threads: int | None = None, feeder_workers: int = 1, feeder_prefetch: int = 0,

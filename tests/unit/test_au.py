@@ -167,3 +167,36 @@ def test_a_two_rank_run_with_a_gradient_allreduce_under_horovod_gloo(files, tmp_
     assert clip_bytes == 8 * 3 * 16 * 16
     assert len(times) == 2 and times[0].steps == times[1].steps >= 2  # the stop wish rides in the allreduce
     assert all(t > 0 for rank in times for t in rank.allreduces)
+
+
+@pytest.fixture
+def without_torch(monkeypatch):
+    """As if PyTorch were not installed (it is not in the test environment; this holds where it is)."""
+    from importlib.util import find_spec
+
+    if find_spec("torch") is not None:
+        monkeypatch.setitem(au.NEEDS, "torch-dataloader", ("no_such_module_here",) + au.NEEDS["torch-dataloader"][1:])
+
+
+def test_default_loaders_leave_out_what_cannot_run_and_say_so_in_one_line(files, capsys, monkeypatch, without_torch):
+    called = {}
+
+    def fake_bench_au(paths, ranks, *, loaders, **kwargs):
+        called["loaders"] = list(loaders)
+        return [_row(name, 1, 0.95) for name in loaders]
+
+    monkeypatch.setattr(au, "bench_au", fake_bench_au)
+    assert cli.main(["bench", "au", str(files["clip-chunks"]), "--ranks", "1"]) == 0
+    assert called["loaders"] == ["distributed_h5", "tfdata", "seed"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("note: left out torch-dataloader: PyTorch is not installed (pip install torch, or pip install "
+                      "'distributed_h5[bench-torch]')")
+    assert out[1] == au.HEADER
+
+
+def test_a_loader_asked_for_by_name_that_cannot_run_is_one_line_before_any_work(files, capsys, without_torch):
+    assert cli.main(["bench", "au", str(files["clip-chunks"]), "--loaders", "seed,torch-dataloader"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", (
+        "distributed-h5 bench: error: --loaders torch-dataloader: PyTorch is not installed (pip install torch, or pip "
+        "install 'distributed_h5[bench-torch]')\n"))
