@@ -474,8 +474,9 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike) -> tuple
                 writer.writerow([index, *path, names[best], f"{score:.6f}", names[label], *side])
         os.replace(partial, out)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise OSError(f"{out}: cannot be written ({exc.strerror or exc})") from exc
+    finally:
+        partial.unlink(missing_ok=True)  # gone after the rename; after any failure, not left behind
     try:
         _plot_confusion(predictions.confusion(), predictions.class_names, png)
     except OSError as exc:
