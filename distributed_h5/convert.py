@@ -408,19 +408,34 @@ def _reserve(partial: Path, data_bytes: int, clips: int) -> None:
     HDF5 cannot recover from a write that fails for space or quota: the file's close fails,
     and h5py then crashes the process when it frees the file. So the bytes are allocated
     (``posix_fallocate``, which quotas count) in a scratch file first, then released for the
-    real write. File systems that cannot allocate ahead are not checked.
+    real write. File systems that cannot allocate ahead (``fallocate`` itself, not glibc's
+    emulation, which would write every block) are not checked.
     """
     size = data_bytes + RESERVE_SLACK + RESERVE_PER_CLIP * clips
     scratch = partial.with_name(partial.name + ".space")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.posix_fallocate(fd, 0, size)
+        _fallocate(fd, size)
     except OSError as exc:
         if exc.errno not in NOT_RESERVABLE:
             raise OSError(exc.errno, f"{exc.strerror}: {size} bytes are needed to write {partial.name}") from exc
     finally:
         os.close(fd)
         scratch.unlink(missing_ok=True)
+
+
+def _fallocate(fd: int, size: int) -> None:
+    """Linux ``fallocate(fd, 0, 0, size)``: allocates, or fails with EOPNOTSUPP where the file system cannot."""
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (OSError, AttributeError):  # not Linux/glibc: nothing to check with
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS)) from None
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    if call(fd, 0, 0, size) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 @contextmanager
