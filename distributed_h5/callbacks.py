@@ -10,6 +10,7 @@ one check that needs the device (stop signal and non-finite loss) runs every ``e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -254,18 +255,26 @@ class Checkpointer(keras.callbacks.Callback):
 
 
 class SampleKeys(keras.callbacks.Callback):
-    """Before every step, the keys of the step's rows (this rank's batch), so that random layers
-    draw each clip's noise from (seed, epoch, sample): see :class:`~distributed_h5.randomness.SampleKeyed`."""
+    """Before every step, the keys of the step's rows, so that random layers draw each clip's
+    noise from (seed, epoch, sample): see :class:`~distributed_h5.randomness.SampleKeyed`.
+    The rows are this rank's batch, or with ``ranks`` (a step over the global batch, JAX)
+    every rank's batch in rank order, as the global batch holds them."""
 
-    def __init__(self, keyed, timeline: Timeline):
+    def __init__(self, keyed, timeline: Timeline, ranks: int = 1):
         super().__init__()
         self.keyed, self.timeline = keyed, timeline
+        plan = timeline.plan
+        self.plans = [plan] if ranks == 1 else [dataclasses.replace(plan, rank=rank) for rank in range(ranks)]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self.batches = self.timeline.plan.batches(epoch, self.timeline.start_of(epoch))
+        start = self.timeline.start_of(epoch)
+        self.batches = [np.concatenate(rows) for rows in zip(*(plan.batches(epoch, start) for plan in self.plans))]
 
     def on_train_batch_begin(self, batch, logs=None):
+        # Under JAX, reading self.model puts the step's state back into the model's variables,
+        # so that the next step takes the keys assigned here (Keras' Callback.model does that).
+        self.model  # noqa: B018
         self.keyed.set_rows(self.epoch, self.batches[batch])
 
 

@@ -50,6 +50,11 @@ def sample_keys(seed: int, epoch: int, samples) -> np.ndarray:
         np.int32)
 
 
+def is_keys(variable) -> bool:
+    """Whether ``variable`` holds a :class:`SampleKeyed`'s keys (not the model's state)."""
+    return getattr(variable, "distributed_h5_keys", False)
+
+
 def seed_generators(model) -> list:
     """The model's seed generators, in the order of its layers (the same for the same architecture)."""
     found = []
@@ -68,14 +73,22 @@ class SampleKeyed:
     Before each step, :meth:`set_rows` gives the samples of those rows, in row order.
     The compiled step functions are dropped on entry and exit, so they are traced with the
     keyed draws inside the block and without them after it.
+
+    The keys are a variable the step reads. TensorFlow's traced step reads any variable;
+    JAX's takes the model's variables as arguments and would freeze any other as a constant,
+    so with ``in_model`` the keys join the model's non-trainable variables within the block
+    (:func:`is_keys` tells them apart: they are in no checkpoint and no broadcast).
     """
 
-    def __init__(self, model, seed: int, rows: int, enabled: bool = True):
-        self.model, self.seed, self.rows = model, seed, rows
+    def __init__(self, model, seed: int, rows: int, enabled: bool = True, in_model: bool = False):
+        self.model, self.seed, self.rows, self.in_model = model, seed, rows, in_model
         generators = seed_generators(model) if enabled else []
         self.ordinals = {id(generator): ordinal for ordinal, generator in enumerate(generators)}
-        self.keys = keras.Variable(np.zeros((rows, 2), np.int32), dtype="int32", trainable=False,
-                                   name="distributed_h5_sample_keys") if generators else None
+        self.keys = None
+        if generators:
+            self.keys = keras.Variable(np.zeros((rows, 2), np.int32), dtype="int32", trainable=False,
+                                       name="distributed_h5_sample_keys")
+            self.keys.distributed_h5_keys = True
         self.originals: dict = {}
 
     @property
@@ -96,6 +109,8 @@ class SampleKeyed:
             if hasattr(module, name):
                 self.originals[name] = getattr(module, name)
                 setattr(module, name, getattr(self, f"_{name}") if name in KEYED else self._refuse(name))
+        if self.in_model:
+            self.model._non_trainable_variables.append(self.keys)  # private: the model's own variable list
         _drop_compiled_steps(self.model)
         return self
 
@@ -105,6 +120,8 @@ class SampleKeyed:
             setattr(module, name, original)
         self.originals = {}
         if self.active:
+            if self.in_model:
+                self.model._non_trainable_variables.remove(self.keys)
             _drop_compiled_steps(self.model)
 
     # --- the keyed draws: each falls back to Keras' own for a generator not of this model ---

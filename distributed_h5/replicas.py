@@ -197,4 +197,6 @@ def _distribution(distribution):
 def state_variables(model) -> list:
     """The model's variables, then its optimizer's, in a fixed order: what a checkpoint, a
     broadcast and an elastic commit carry."""
-    return list(model.variables) + list(model.optimizer.variables)
+    from .randomness import is_keys
+
+    return [v for v in model.variables if not is_keys(v)] + list(model.optimizer.variables)

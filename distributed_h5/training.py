@@ -455,12 +455,10 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         return _history_of(state) if state is not None else keras.callbacks.History()
 
     timeline = Timeline(plan, position)
-    # The JAX engine's step draws over the global batch; keying its rows is not built yet.
+    # The JAX engine's step runs over the global batch: its rows are every rank's batch.
     global_step = getattr(collective, "global_step", False)
-    keyed = randomness.SampleKeyed(model, plan.seed, plan.batch_size, enabled=not global_step)
-    if global_step and rank == 0 and randomness.seed_generators(model):
-        print("distributed_h5: the jax engine draws random layers' noise (dropout) by batch, not by sample: "
-              "runs with them are exact only for the same ranks and batch, and without a resume", flush=True)
+    keyed = randomness.SampleKeyed(model, plan.seed, plan.global_batch if global_step else plan.batch_size,
+                                   in_model=global_step)
     feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers, prefetch=prefetch,
                     augment=train.augment)
 
@@ -487,7 +485,7 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
     checkpointer = None
     run_callbacks = [EpochTiming(feeder, plan.global_batch)]
     if keyed.active:
-        run_callbacks.append(SampleKeys(keyed, timeline))
+        run_callbacks.append(SampleKeys(keyed, timeline, ranks=plan.size if global_step else 1))
     if scale_learning_rate:
         run_callbacks.append(LearningRate(base_rate, base_batch, timeline, warmup_epochs))
     run_callbacks.append(Agreement(collective, timeline, check_every, stop_signal,
