@@ -346,3 +346,39 @@ def test_the_largest_seed_is_taken(tmp_path):
     result = run_cli("make-synthetic", tmp_path / "out.h5", "--samples", 4, "--frames", 2, "--size", 4, 4,
                      "--seed", 2**63 - 1)
     assert (result.returncode, result.stdout) == (0, f"wrote {tmp_path / 'out.h5'}\n"), result.stderr
+
+
+@pytest.mark.parametrize("case", ["locked", "unwritable"])
+def test_a_checkpoint_directory_in_use_or_unwritable_is_a_usage_error(tmp_path, case):
+    """Status 2 like every user mistake (not 1, kept for failures of the run itself), in one line."""
+    import socket
+
+    from distributed_h5 import make_synthetic
+    from distributed_h5.checkpoints import DirectoryLock
+
+    path = make_synthetic(tmp_path / "d.h5", samples=24, frames=2, channels=1, size=(8, 8), classes=2, progress=False)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    checkpoint_dir = folder / "ckpt"
+    args = ("train", path, "--epochs", 1, "--batch-size", 4, "--width", 2, "--depth", 1, "--verbose", 0,
+            "--checkpoint-dir", checkpoint_dir)
+    if case == "locked":
+        with DirectoryLock(checkpoint_dir):  # another job training into it
+            result = run_cli(*args, env={"DH5_ENGINE": ""})
+        line = (f"checkpoint directory {checkpoint_dir} is in use by host {socket.gethostname()} pid {os.getpid()}; "
+                "wait for that job to end or use another --checkpoint-dir")
+    else:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", folder], check=True)
+        else:
+            folder.chmod(0o555)
+        try:
+            result = run_cli(*args, env={"DH5_ENGINE": ""})
+        finally:
+            if os.geteuid() == 0:
+                subprocess.run(["chattr", "-i", folder], check=True)
+            folder.chmod(0o755)
+        reason = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+        line = f"cannot write to {checkpoint_dir}: {reason}"
+    assert (result.returncode, result.stderr.splitlines()[-1:]) == (2, [f"distributed-h5 train: error: {line}"])
+    assert "Traceback" not in result.stderr
