@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au bench-models bench-engines clean
+.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au bench-models bench-engines bench-device clean
 
 install:
 	bash scripts/install.sh
@@ -50,6 +50,13 @@ bench-models: install
 # The Horovod and JAX engines side by side: train's samples/s on 1 and 2 CPU ranks. About 3 minutes.
 bench-engines: install
 	bash scripts/bench-engines.sh
+
+# The GPU machine's benchmark (issue 23): train_model on the JAX engine, torchvision's R(2+1)D-18
+# on a torch DataLoader, and bench au at the measured step; writes bench-results/device/device-bench.{json,md}.
+# Where nvidia-smi sees a GPU about 7 minutes; elsewhere `--cpu`, the same code tiny (about a minute).
+# On a lent machine without a registry: scripts/device-wheels.sh here, then carry .whl (README, Benchmarks).
+bench-device: install
+	bash scripts/device-bench.sh $(if $(shell nvidia-smi -L 2>/dev/null),,--cpu)
 
 # Everything, then docs/BENCHMARKS.md from the results.
 bench: bench-io bench-scaling bench-au bench-models
