@@ -14,11 +14,17 @@ Every malformed file raises :class:`DatasetError`, naming the file, the object a
 was found against what was expected. Files are only ever opened read-only. Imports h5py
 and numpy only (no TensorFlow, Keras, Horovod or JAX).
 
-Beyond the layout, :func:`validate` refuses data that would silently read as fill values:
-``X`` or ``Y`` whose storage was never written (wholly or for some rows in use), a virtual
-dataset whose source file or dataset is missing, and external raw storage that is missing;
-``allow_unwritten=True`` accepts them. An external link (``X`` stored in another file) is
-followed; one whose target cannot be opened is a :class:`DatasetError`.
+Beyond the layout, :func:`validate` refuses data that would silently read as fill values
+(zeros), for the rows in use (< ``sample_count``): ``X`` or ``Y`` whose storage was never
+allocated (wholly or for some chunks), a virtual dataset whose source file or dataset is
+missing or whose mappings leave some row uncovered, external raw storage that is missing,
+not a regular file (``/dev/zero``) or shorter than those rows, and storage allocated but
+never written that the file system reports as a hole; ``allow_unwritten=True`` accepts them.
+HDF5 cannot tell a written zero from the fill value it wrote itself (chunks written in part,
+storage filled at allocation): those are accepted. Nothing is allocated in proportion to
+rows declared but not in use. Only regular files are opened (a FIFO would block). An
+external link (``X`` stored in another file) is followed; one whose target cannot be opened
+is a :class:`DatasetError`. ``X`` is read in native byte order (a big-endian file is converted).
 """
 
 from __future__ import annotations

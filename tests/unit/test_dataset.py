@@ -534,7 +534,7 @@ def test_many_classes_need_no_identity_matrix(tmp_path):
     classes = 200_000
     path = tmp_path / "classes.h5"
     with h5py.File(path, "w") as file:
-        file.create_dataset("X", data=np.arange(96, dtype="u1")[:, None, None, None, None] * np.ones((1, 1, 1, 2, 2), "u1"))
+        file.create_dataset("X", data=np.repeat(np.arange(96, dtype="u1"), 4).reshape(96, 1, 1, 2, 2))
         y = file.create_dataset("Y", shape=(96, classes), dtype="u1", chunks=(1, classes), compression="gzip")
         for row in range(96):
             one_hot = np.zeros(classes, dtype="u1")
