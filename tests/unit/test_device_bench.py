@@ -163,3 +163,16 @@ def test_markdown_of_failed_parts_gives_their_one_line_errors():
 
 def test_one_line_folds_the_message():
     assert device.one_line(ValueError("bad\n  value\tthere")) == "ValueError: bad value there"
+
+
+@pytest.mark.parametrize("mode", device.MODES)
+def test_every_mode_fits_its_files_and_budget(mode):
+    settings = device.SETTINGS[mode]
+    # The warm and cold train_model epochs have steps; every torch run reads fresh batches of one epoch;
+    # each AU rank has at least 2 steps in its shard at the most ranks.
+    assert all(settings.train_clips // batch >= 3 for _, _, _, batch in settings.train_runs)
+    assert settings.bench_clips // max(settings.batch_sizes) >= settings.torch_warmup + settings.torch_steps
+    assert settings.bench_clips // (settings.au_batch_size * max(settings.au_ranks)) >= 2
+    assert sum(settings.budgets.values()) <= settings.deadline
+    assert len(set((name, precision, batch) for name, _, precision, batch in settings.train_runs)) == \
+        len(settings.train_runs)
