@@ -33,8 +33,8 @@ def data(tmp_path_factory):
 
 
 def readme_two_node_example() -> str:
-    """The README's two-node example, the bash block after its marker comment."""
-    text = (ROOT / "README.md").read_text()
+    """The two-node example of docs/SLURM.md, the bash block after its marker comment."""
+    text = (ROOT / "docs" / "SLURM.md").read_text()
     after = text.split("<!-- two-node example: tests/slurm/test_multinode.py runs this block as written -->", 1)[1]
     return after.split("```bash\n", 1)[1].split("```", 1)[0]
 
