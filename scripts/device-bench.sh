@@ -32,7 +32,8 @@ if [[ -z $py ]]; then
 fi
 
 # The wheels are cp312 (the GPU machine's Python); another Python runs on what it has.
-if compgen -G "$wheels/*.whl" >/dev/null && [[ $("$py" -c 'import sys; print(sys.version_info[:2] == (3, 12))') == True ]]; then
+cp312=$("$py" -c 'import sys; print(int(sys.version_info[:2] == (3, 12)))')
+if compgen -G "$wheels/*.whl" >/dev/null && ((cp312)); then
     site=$(mktemp -d "${TMPDIR:-/tmp}/dh5-site.XXXXXX")
     trap 'rm -rf "$site"' EXIT
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl

@@ -32,6 +32,7 @@ and a markdown table ``OUT/device-bench.md`` naming the device, driver and versi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import importlib.metadata
@@ -187,8 +188,9 @@ def _items_worker(kind: str, spec: dict, items: list[int], results: str) -> None
         item, left = spec["items"][index], spec["deadline"] - time.time()
         model = item.get("model", "")
         if left < took.get(model, 1.0):
+            known = f", a {model} run takes {took[model]:.0f} s" if model in took else ""
             _write(results, {"item": index, "error": f"skipped: the part's time budget was spent ({left:.0f} s "
-                                                     f"left{f', a {model} run takes {took[model]:.0f} s' if model in took else ''})"})
+                                                     f"left{known})"})
             continue
         started = time.perf_counter()
         try:
@@ -360,7 +362,8 @@ def part_train_model(settings: Settings, mode: str, file: str, deadline: float, 
         report["environment"].update(record.pop("jax", None) or {})
     runs = [{"model": item["model"], "precision": item["precision"], "batch_size": item["batch_size"],
              **_train_fields(record)} for item, record in zip(items, records)]
-    return {"settings": {"file_clips": settings.train_clips, "epochs": "2 warm-up (the step compiles three times), 1 warm, 1 cold",
+    return {"settings": {"file_clips": settings.train_clips,
+                         "epochs": "2 warm-up (the step compiles three times), 1 warm, 1 cold",
                          "optimizer": "SGD(0.01, momentum=0.9)", "validation_ratio": 0.0,
                          "models": {name: kwargs for name, kwargs, _, _ in settings.train_runs}},
             "runs": runs}
@@ -590,17 +593,9 @@ def run(mode: str, out_dir: str, data_dir: str, *, deadline: float | None = None
         _write_outputs(report, out_dir)
         if not keep_data and report.get("files"):
             for entry in report["files"].values():
-                with _suppress():
+                with contextlib.suppress(OSError):
                     os.unlink(entry["path"])
     return report
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        return kind is not None and issubclass(kind, OSError)
 
 
 def _write_outputs(report: dict, out_dir: str) -> None:
@@ -690,7 +685,7 @@ def main(argv=None) -> None:
                                      description="One bounded benchmark for a lent GPU machine (or --mode cpu here).")
     parser.add_argument("--mode", choices=MODES, default="gpu")
     parser.add_argument("--out", default=os.environ.get("OUT") or "bench-results/device",
-                        help="where device-bench.json and device-bench.md go (default: $OUT, else bench-results/device)")
+                        help="where device-bench.{json,md} go (default: $OUT, else bench-results/device)")
     parser.add_argument("--data", default=None, help="where the benchmark files are written (default: data/device)")
     parser.add_argument("--deadline", type=float, help="seconds for the whole run (default: the mode's)")
     parser.add_argument("--parts", help=f"comma-separated subset of {','.join(name for name, _ in PARTS)}")
