@@ -569,6 +569,7 @@ def run(mode: str, out_dir: str, data_dir: str, *, deadline: float | None = None
         "parts": {name: {"status": "skipped", "error": "not run"} for name, _ in PARTS}}
     try:
         report["files"] = write_files(settings, data_dir)
+        _write_outputs(report, out_dir)
         for name, measure in PARTS:
             if parts is not None and name not in parts:
                 report["parts"][name] = {"status": "skipped", "error": "skipped: not asked for (--parts)"}
@@ -585,6 +586,8 @@ def run(mode: str, out_dir: str, data_dir: str, *, deadline: float | None = None
             except Exception as exc:  # a failed part is recorded; the next one still runs
                 report["parts"][name] = {"status": "error", "error": one_line(exc)}
             report["parts"][name]["seconds"] = time.time() - part_start
+            report["elapsed_seconds"] = time.time() - started
+            _write_outputs(report, out_dir)  # what is measured so far survives a kill of the whole run
     except Exception as exc:  # the files could not be written: every part says so
         for name, _ in PARTS:
             report["parts"][name] = {"status": "error", "error": f"no benchmark file: {one_line(exc)}"}
@@ -716,6 +719,7 @@ def main(argv=None) -> None:
             parser.error(f"--parts must name some of {', '.join(dict(PARTS))}. Received: {args.parts}")
     report = run(args.mode, args.out, args.data or os.path.join(ROOT, "data", "device"), deadline=args.deadline,
                  parts=parts, keep_data=args.keep_data)
+    print(markdown(report))  # the figures in the log too, should the files not come back
     for name, part in report["parts"].items():
         print(f"device-bench: {name}: {part['status']}{': ' + part['error'] if part['error'] else ''}")
     print(f"device-bench: {os.path.join(args.out, 'device-bench.json')}, device-bench.md "
