@@ -8,10 +8,12 @@ writes two synthetic files on local disk, then measures three parts:
 ``train_model``
     distributed_h5's real training path, ``train_model(engine="jax")``, for each model
     (``r2plus1d_18``, ``video_classifier``), precision (``mixed_bfloat16``, ``float32``) and
-    batch size: three epochs of a small file, the first the warm-up (compilation), the second
-    with the page cache warm, the third cold (the file's pages evicted as the epoch begins;
-    the feeder's and Keras' read-ahead, at most 4 batches, were read before). Step ms, clips/s
-    and ``data_wait_fraction`` per epoch, the last two from the History's logs.
+    batch size: four epochs of a small file, two to warm up (Keras on JAX compiles the step three
+    times: its first step, its second, and the first of the second epoch), the third with the
+    page cache warm, the fourth cold (the file's pages evicted as the epoch begins; the feeder's
+    and Keras' read-ahead, at most 4 batches, were read before). Step ms, clips/s and
+    ``data_wait_fraction`` per epoch, the last two from the History's logs. The runs go batch 16
+    first, so a run cut short by its budget keeps every model and precision at one batch size.
 ``torch``
     what users pick instead: torchvision's ``r2plus1d_18`` fed by ``torch.utils.data.DataLoader``
     over ``bench au``'s h5py-per-clip Dataset, under bf16 autocast, for each batch size and
@@ -19,7 +21,7 @@ writes two synthetic files on local disk, then measures three parts:
     skipped, with the reason, where PyTorch is not importable.
 ``au``
     ``bench au``'s emulated accelerators (MLPerf Storage's AU) at the step time just measured
-    (``r2plus1d_18``, ``mixed_bfloat16``): the package's reader (the Feeder, iterated as
+    (``r2plus1d_18``, ``mixed_bfloat16``, batch 16): the package's reader (the Feeder, iterated as
     ``train_model`` feeds Keras on JAX) and the torch ``DataLoader``, at 1 to 8 accelerators.
 
 The driver imports no framework: each part runs in processes of its own, so that a crash or a
