@@ -177,6 +177,34 @@ class JpegWriter:
                                  f"expected {rows}x{cols}, {self.clip_shape[1]}")
         self._append_frames(frames)
 
+    def append_from(self, group: h5py.Group) -> None:
+        """Append every clip of another JPEG-clip group (a part written by another rank), bytes copied as they are.
+
+        The group must be valid (:func:`validate_jpeg_x`) with this writer's clip shape, quality
+        and subsampling. Memory: one block of bytes and the group's offsets.
+        """
+        where = f"{group.file.filename}: '{group.name}'"
+        problems = validate_jpeg_x(group) if is_jpeg_x(group) else ["not a JPEG-clip group (attribute codec='jpeg')"]
+        if problems:
+            raise ValueError(f"{where}: {problems[0]}")
+        samples, *clip_shape = (int(n) for n in group.attrs["shape"])
+        found = (tuple(clip_shape), int(group.attrs["quality"]), str(group.attrs["subsampling"]))
+        if found != (self.clip_shape, self.quality, self.subsampling):
+            raise ValueError(f"{where}: clips {found[0]}, quality {found[1]}, subsampling {found[2]!r}; expected "
+                             f"{self.clip_shape}, {self.quality}, {self.subsampling!r} as this writer's")
+        if self.samples is not None and self.clips + samples > self.samples:
+            raise ValueError(f"{self.file.file.filename}: '{self.name}' expects {self.samples} clips; "
+                             f"{self.clips} + {samples} from {where} are more")
+        lengths = np.diff(group["offsets"][:].astype(np.int64))
+        start, frames = self.clips * self.clip_shape[0], lengths.size
+        while start + frames > self._lengths.size:
+            self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
+        data = group["bytes"]
+        for begin in range(0, data.size, COPY_BLOCK_BYTES):
+            self._scratch.write(data[begin : begin + COPY_BLOCK_BYTES].tobytes())
+        self._lengths[start : start + frames] = lengths
+        self.clips += samples
+
     def _append_frames(self, frames: Sequence[bytes]) -> None:
         if self.samples is not None and self.clips >= self.samples:
             raise ValueError(f"{self.file.file.filename}: '{self.name}' expects {self.samples} clips; "

@@ -10,6 +10,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import simplejpeg
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distributed_h5 import jpeg
 from distributed_h5.jpeg import JpegClips, JpegWriter, encode_clip, is_jpeg_x, validate_jpeg_x, write_jpeg_x
@@ -113,6 +115,40 @@ def test_append_encoded_copies_frames_without_re_encoding(tmp_path):
         assert file["X/bytes"][:].tobytes() == b"".join(b"".join(clip) for clip in frames)
 
 
+def test_parts_join_without_re_encoding(tmp_path):
+    data = clips(5)
+    write(tmp_path / "whole.h5", data)
+    write(tmp_path / "part0.h5", data[:2])
+    write(tmp_path / "part1.h5", data[2:])
+    with h5py.File(tmp_path / "joined.h5", "w") as file, JpegWriter(file, data.shape[1:], samples=5) as writer:
+        for part in ("part0.h5", "part1.h5"):
+            with h5py.File(tmp_path / part, "r") as source:
+                writer.append_from(source["X"])
+        with h5py.File(tmp_path / "part0.h5", "r") as source, pytest.raises(
+                ValueError, match=r"joined.h5: 'X' expects 5 clips; 5 \+ 2 from .*part0.h5: '/X' are more$"):
+            writer.append_from(source["X"])
+    with h5py.File(tmp_path / "whole.h5", "r") as whole, h5py.File(tmp_path / "joined.h5", "r") as joined:
+        for name in ("bytes", "offsets"):
+            assert np.array_equal(whole["X"][name][:], joined["X"][name][:])
+        assert list(joined["X"].attrs["shape"]) == [5, FRAMES, 3, SIZE, SIZE]
+    write(tmp_path / "other.h5", data[:1], quality=80)
+    with h5py.File(tmp_path / "j.h5", "w") as file, JpegWriter(file, data.shape[1:]) as writer, \
+            h5py.File(tmp_path / "other.h5", "r") as source:
+        with pytest.raises(ValueError, match=r"other.h5: '/X': clips \(4, 3, 32, 32\), quality 80, subsampling '444'; "
+                                             r"expected \(4, 3, 32, 32\), 90, '444' as this writer's$"):
+            writer.append_from(source["X"])
+
+
+def test_an_external_link_is_followed_to_the_file_holding_the_bytes(tmp_path):
+    data = clips(2)
+    write(tmp_path / "clips.h5", data)
+    with h5py.File(tmp_path / "link.h5", "w") as file:
+        file["X"] = h5py.ExternalLink("clips.h5", "/X")
+    with JpegClips(tmp_path / "link.h5") as linked, JpegClips(tmp_path / "clips.h5") as direct:
+        assert linked.data_path == os.fspath(tmp_path / "clips.h5")
+        assert np.array_equal(linked.read(np.array([1, 0])), direct.read(np.array([1, 0])))
+
+
 def test_nothing_is_written_unless_every_clip_arrived(tmp_path):
     data = clips(3)
     with h5py.File(tmp_path / "c.h5", "w") as file:
@@ -192,6 +228,30 @@ def test_a_window_reads_and_decodes_only_its_frames(clip_file, monkeypatch):
     assert len(read) == 5
     for row, clip in enumerate([4, 1, 5]):
         assert np.array_equal(windows[row], whole[clip, frames[row]])
+
+
+@pytest.fixture(scope="module")
+def shared_file(tmp_path_factory):
+    """Six clips and every frame decoded alone from its bytes: the reference for any read."""
+    path = write(tmp_path_factory.mktemp("jpeg") / "clips.h5", clips(6))
+    with h5py.File(path, "r") as file:
+        data, offsets = file["X/bytes"][:], file["X/offsets"][:].astype(np.int64)
+    frames = [simplejpeg.decode_jpeg(data[offsets[k] : offsets[k + 1]], "RGB").transpose(2, 0, 1)
+              for k in range(6 * FRAMES)]
+    return path, np.stack(frames).reshape(6, FRAMES, 3, SIZE, SIZE)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_any_clips_and_windows_read_as_their_frames_decoded_alone(shared_file, data):
+    path, reference = shared_file
+    count = data.draw(st.integers(1, 9))
+    indices = np.array(data.draw(st.lists(st.integers(0, 5), min_size=count, max_size=count)))
+    width = data.draw(st.integers(1, FRAMES + 2))
+    frames = np.array(data.draw(st.lists(st.lists(st.integers(0, FRAMES - 1), min_size=width, max_size=width),
+                                         min_size=count, max_size=count)))
+    with JpegClips(path, threads=data.draw(st.integers(1, 4))) as reader:
+        assert np.array_equal(reader.read(indices, frames=frames), reference[indices[:, None], frames])
 
 
 @pytest.mark.parametrize("threads", [2, 3, 7])
