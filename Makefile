@@ -13,7 +13,7 @@ install-test:
 	bash scripts/install.sh --test
 
 test: install-test
-	python -m pytest -ra tests
+	python -m pytest -ra --durations=25 tests
 
 test-unit: install-test
 	python -m pytest -ra tests/unit
@@ -59,7 +59,7 @@ bench-device: install
 	bash scripts/device-bench.sh $(if $(shell nvidia-smi -L 2>/dev/null),,--cpu)
 
 # Everything, then docs/BENCHMARKS.md from the results.
-bench: bench-io bench-scaling bench-au bench-models
+bench: bench-io bench-scaling bench-au bench-models bench-engines
 	mkdir -p docs
 	cp bench-results/scaling.png docs/scaling.png
 	cp bench-results/au.png docs/au.png

@@ -5,10 +5,22 @@ The public API: :class:`ShardedSequence`, :func:`train_model`, :class:`DatasetEr
 :mod:`distributed_h5.sharding`.
 """
 
-from .dataset import DatasetError, DatasetInfo, describe
-from .synthetic import make_synthetic
+import importlib as _importlib
+import sys as _sys
 
 __version__ = "0.1.0"
+
+from .data.dataset import DatasetError, DatasetInfo, describe  # noqa: E402
+from .data.synthetic import make_synthetic  # noqa: E402
+
+# Where modules lived before data/ and engines/: the old names still import (for one release,
+# 0.1.x), as the same module objects.
+MOVED = {"sharding": "data.sharding", "dataset": "data.dataset", "reader": "data.reader", "augment": "data.augment",
+         "synthetic": "data.synthetic", "convert": "data.convert", "outputs": "data.outputs",
+         "collective": "engines.collective", "horovod": "engines.horovod", "jaxengine": "engines.jax",
+         "runtime": "engines.launcher"}
+for _old, _new in MOVED.items():
+    _sys.modules[f"{__name__}.{_old}"] = globals()[_old] = _importlib.import_module(f".{_new}", __name__)
 __all__ = ["DatasetError", "DatasetInfo", "ShardedSequence", "describe", "evaluate_model", "init_engine",
            "make_synthetic", "train_model"]
 
@@ -20,10 +32,14 @@ def __getattr__(name):
         from .sequence import ShardedSequence
 
         return ShardedSequence
-    if name in ("train_model", "init_engine"):
-        from . import training
+    if name == "train_model":
+        from .training import train_model
 
-        return getattr(training, name)
+        return train_model
+    if name == "init_engine":
+        from .engines import init_engine
+
+        return init_engine
     if name == "evaluate_model":
         from .evaluation import evaluate_model
 

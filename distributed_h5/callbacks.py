@@ -19,10 +19,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import checkpoints, replicas
+from . import checkpoints, keras_internals, replicas
 from .checkpoints import EXIT_PREEMPTED, Position
-from .collective import average_logs
-from .sharding import ShardPlan
+from .engines.collective import average_logs
+from .data.sharding import ShardPlan
 
 
 class Preempted(RuntimeError):
@@ -161,7 +161,7 @@ class Agreement(keras.callbacks.Callback):
 
     def _check(self, steps_done: int, loss=None, weights: bool = False) -> None:
         if loss is None:  # the epoch's running mean: once non-finite it stays so
-            loss = self.model._loss_tracker.result()
+            loss = keras_internals.loss_tracker(self.model).result()
         mine = self.SIGNAL if self.received else self.NONE
         if not math.isfinite(float(np.asarray(loss))):
             mine = self.NON_FINITE

@@ -100,7 +100,7 @@ def fingerprint(path: str | os.PathLike, sample_count: int) -> str:
     in clips between them does not."""
     import h5py
 
-    from .dataset import probe_indices, read_clips
+    from .data.dataset import probe_indices, read_clips
 
     digest = hashlib.sha256()
     with h5py.File(path, "r", locking=False) as file:

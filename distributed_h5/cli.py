@@ -15,9 +15,9 @@ import sys
 import time
 
 from .checkpoints import CHECKED_FIELDS, EXIT_PREEMPTED
-from .collective import BACKENDS, ENGINES
-from .dataset import DatasetError
-from .sharding import SPLITS
+from .engines.collective import BACKENDS, ENGINES
+from .data.dataset import DatasetError
+from .data.sharding import SPLITS
 
 EXIT_USAGE = 2
 
@@ -322,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _make_synthetic(args) -> int:
-    from .synthetic import make_synthetic
+    from .data.synthetic import make_synthetic
 
     path = make_synthetic(args.out, samples=args.samples, frames=args.frames, channels=args.channels,
                           size=tuple(args.size), classes=args.classes, chunks=args.chunks,
@@ -332,7 +332,7 @@ def _make_synthetic(args) -> int:
 
 
 def _convert(args) -> int:
-    from .convert import convert, report
+    from .data.convert import convert, report
 
     summary = convert(args.source, args.out, frames=args.frames, size=tuple(args.size), classes_from=args.classes_from,
                       channels=args.channels, fit=args.fit, short=args.short, chunks=args.chunks,
@@ -346,7 +346,7 @@ def _convert(args) -> int:
 def _inspect(args) -> int:
     import numpy as np
 
-    from .dataset import open_file, probe_indices, read_clips, read_labels, validate
+    from .data.dataset import open_file, probe_indices, read_clips, read_labels, validate
 
     if args.file.endswith(".keras"):  # a checkpoint: its record, as inspect-checkpoint prints it
         return _inspect_checkpoint(argparse.Namespace(checkpoint=args.file))
@@ -386,7 +386,7 @@ def _provenance(file, rows: int, classes: int) -> tuple[list[str], list[str] | N
     import h5py
     import numpy as np
 
-    from .outputs import printable
+    from .data.outputs import printable
 
     lines, notes, names = [], [], None
     if "class_names" in file.attrs:
@@ -421,7 +421,7 @@ def _provenance(file, rows: int, classes: int) -> tuple[list[str], list[str] | N
             lines.append(f"{name:<13} dataset {dset.shape} {dset.dtype}{summary}")
             if dset.shape[0] != rows:
                 notes.append(f"{name} has {dset.shape[0]} entries for the {rows} rows of X")
-    from .dataset import read_groups, read_subset  # they check the values: a bad one is one line
+    from .data.dataset import read_groups, read_subset  # they check the values: a bad one is one line
 
     if "groups" in file:
         groups = read_groups(file, rows)
@@ -436,14 +436,16 @@ def _provenance(file, rows: int, classes: int) -> tuple[list[str], list[str] | N
     return lines + [f"note          {note}" for note in notes], names
 
 
-LAUNCHER_RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "PMI_RANK")
-
-
 def _quiet_other_ranks() -> None:
     # Before TensorFlow loads: its C++ start-up logs, once per rank, drown rank 0's output.
-    # Horovod is not initialised yet, so the launcher's rank variable is all there is.
-    rank = next((os.environ[name] for name in LAUNCHER_RANK_VARIABLES if name in os.environ), "0")
-    if rank != "0":
+    # No engine is initialised yet, so the launcher's variables are all there is.
+    from .engines.launcher import launcher_world
+
+    try:
+        launched = launcher_world()
+    except ValueError:  # garbage in the launcher's variables: the command says so later
+        return
+    if launched is not None and launched[0] != 0:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -452,8 +454,8 @@ def _train(args) -> int:
     _start_engine(args)
     import keras
 
-    from .augment import Augment
-    from .dataset import describe
+    from .data.augment import Augment
+    from .data.dataset import describe
     from .models import r2plus1d_18, video_classifier
     from .training import train_model
 
@@ -502,7 +504,7 @@ def _start_engine(args) -> None:
     anything); TensorFlow takes its thread count (before it starts its thread pools: one
     thread per rank lets as many ranks as cores share a machine without oversubscribing it)."""
     if args.engine == "jax":
-        from .training import init_engine
+        from .engines import init_engine
 
         init_engine("jax")
     elif args.tf_threads:
@@ -526,7 +528,7 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     _quiet_other_ranks()
-    from .outputs import check_output
+    from .data.outputs import check_output
 
     out = check_output(args.out)  # on every rank, before any work
     _start_engine(args)
@@ -542,7 +544,7 @@ def _predict(args) -> int:
 
 
 def _rank() -> int:
-    from .runtime import world
+    from .engines.launcher import world
 
     return world()[0]
 
@@ -618,7 +620,7 @@ def _bench_au(args) -> int:
         if not args.gradient_mb >= 0 or args.torch_workers < 0:
             raise ValueError(f"--gradient-mb and --torch-workers must be >= 0. Received: {args.gradient_mb}, "
                              f"{args.torch_workers}")
-        from .dataset import describe
+        from .data.dataset import describe
 
         for path in args.files:
             describe(path)  # a bad file is one line here, not a traceback in every rank
@@ -640,8 +642,8 @@ def _bench_au(args) -> int:
 
 def _augment_args(args) -> tuple:
     """``bench scaling``'s augmentation flags for its workers, checked against the file here (one line if bad)."""
-    from .augment import Augment
-    from .dataset import describe
+    from .data.augment import Augment
+    from .data.dataset import describe
 
     Augment(clip_frames=args.clip_frames, crop=args.crop, flip=args.flip).output_shape(describe(args.file).clip_shape)
     return ((("--clip-frames", args.clip_frames) if args.clip_frames else ()) + (("--crop", *args.crop) if args.crop else ())
@@ -713,7 +715,7 @@ def _let_other_ranks_report() -> None:
     # A launcher kills every rank once one exits non-zero. Every rank meets a user mistake
     # (a bad file, a bad argument) within moments of the others; waiting a little before
     # exiting lets each print the same line instead of some being killed mid-way.
-    from .runtime import launcher_world
+    from .engines.launcher import launcher_world
 
     try:
         launched = launcher_world()

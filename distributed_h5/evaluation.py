@@ -29,12 +29,14 @@ import h5py
 import keras
 import numpy as np
 
-from . import checkpoints, collective as collectives, replicas, sharding
-from .augment import Augment, Views
-from .dataset import DatasetError, describe, load_split, open_file
-from .outputs import printable
-from .reader import BatchReader
-from .runtime import world
+from . import checkpoints, replicas
+from .engines import collective as collectives
+from .data import sharding
+from .data.augment import Augment, Views
+from .data.dataset import DatasetError, describe, load_split, open_file
+from .data.outputs import printable
+from .data.reader import BatchReader
+from .engines.launcher import world
 
 TOP_K = 5  # top-5 accuracy is reported when there are more classes than this
 
@@ -204,7 +206,7 @@ def _engine():
     """One process: no engine at all. Under a launcher: the training engine, for the sums."""
     if world()[1] == 1:
         return collectives.Single()
-    from .training import init_engine
+    from .engines import init_engine
 
     return init_engine()
 
@@ -400,7 +402,7 @@ def predict_model(model_or_checkpoint, path: str | os.PathLike, *, batch_size: i
     :meth:`Predictions.accuracy` keeps clips the model learnt apart from clips it did not.
     Arguments as for :func:`evaluate_model`.
     """
-    from .dataset import read_labels
+    from .data.dataset import read_labels
 
     views = _check_views(views)
     info = describe(path, allow_unwritten=allow_unwritten)  # a bad file is one line before the model loads

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .augment import Augment
-from .reader import BatchReader
-from .sharding import ShardPlan
+from .data.augment import Augment
+from .data.reader import BatchReader
+from .data.sharding import ShardPlan
 
 # TensorFlow takes a numpy array into a tensor without a copy only when its data is aligned
 # to 64 bytes (Eigen's alignment); numpy aligns to 16. Batches read into aligned buffers cost

@@ -9,7 +9,7 @@ compiled train step.
 Horovod's own ``SyncBatchNormalization`` subclasses tf.keras internals and does not work
 with Keras 3, and Keras 3's ``synchronized=True`` works only inside a ``tf.distribute``
 strategy; this one reduces through the collective of the running ``train_model``
-(:func:`distributed_h5.collective.active`). On the JAX engine a global batch is one
+(:func:`distributed_h5.engines.collective.active`). On the JAX engine a global batch is one
 sharded array, so plain BatchNormalization there is already global.
 """
 
@@ -20,7 +20,8 @@ import contextlib
 import keras
 from keras import ops
 
-from . import collective as collectives
+from . import keras_internals
+from .engines import collective as collectives
 
 
 def global_moments(layer, inputs, mask):
@@ -33,8 +34,8 @@ def global_moments(layer, inputs, mask):
     """
     group = collectives.active()
     if mask is not None or group is None or group.size == 1:
-        return keras.layers.BatchNormalization._moments(layer, inputs, mask)
-    axes = list(layer._reduction_axes)
+        return keras_internals.batchnorm_moments(layer, inputs, mask)
+    axes = keras_internals.reduction_axes(layer)
     x = ops.cast(inputs, "float32")
     count = ops.cast(ops.prod(ops.stack([ops.shape(x)[axis] for axis in axes])), "float32")
     totals = group.sum_in_step(ops.concatenate([ops.sum(x, axis=axes), ops.reshape(count, (1,))]))
@@ -73,7 +74,7 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
 
 def batchnorm_layers(model) -> list:
     """Every BatchNormalization layer in ``model``, nested models included."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in keras_internals.flatten_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from keras.src import backend as keras_backend  # private: the backend's random functions layers call
+
+from . import keras_internals
 
 KEYED = ("dropout", "uniform", "normal", "truncated_normal")
 REFUSED = ("categorical", "randint", "shuffle", "gamma", "binomial", "beta")
@@ -58,8 +59,8 @@ def is_keys(variable) -> bool:
 def seed_generators(model) -> list:
     """The model's seed generators, in the order of its layers (the same for the same architecture)."""
     found = []
-    for layer in model._flatten_layers(include_self=True):  # private: every nested layer, in a fixed order
-        for generator in getattr(layer, "_seed_generators", ()):  # private: the layer's own generators
+    for layer in keras_internals.flatten_layers(model, include_self=True):
+        for generator in keras_internals.seed_generators(layer):
             if all(generator is not other for other in found):
                 found.append(generator)
     return found
@@ -104,24 +105,24 @@ class SampleKeyed:
     def __enter__(self):
         if not self.active:
             return self
-        module = keras_backend.random
+        module = keras_internals.backend_random()
         for name in KEYED + REFUSED:
             if hasattr(module, name):
                 self.originals[name] = getattr(module, name)
                 setattr(module, name, getattr(self, f"_{name}") if name in KEYED else self._refuse(name))
         if self.in_model:
-            self.model._non_trainable_variables.append(self.keys)  # private: the model's own variable list
+            keras_internals.model_variable_list(self.model).append(self.keys)
         _drop_compiled_steps(self.model)
         return self
 
     def __exit__(self, *exc):
-        module = keras_backend.random
+        module = keras_internals.backend_random()
         for name, original in self.originals.items():
             setattr(module, name, original)
         self.originals = {}
         if self.active:
             if self.in_model:
-                self.model._non_trainable_variables.remove(self.keys)
+                keras_internals.model_variable_list(self.model).remove(self.keys)
             _drop_compiled_steps(self.model)
 
     # --- the keyed draws: each falls back to Keras' own for a generator not of this model ---

@@ -34,7 +34,7 @@ def distributed(model, collective):
     optimizer = model.optimizer
     if optimizer is None:
         raise ValueError("the model must be compiled with an optimizer. Received: model.optimizer=None")
-    if getattr(collective, "global_step", False):
+    if collective.global_step:
         # XLA already averages over the global batch; the step needs the distribution set.
         # It stays set after the block: the model's variables are laid out over every process.
         import keras
@@ -99,7 +99,7 @@ def average_moving_state(model, collective) -> int:
     variables were averaged. The mean of the ranks' moving averages is the moving average
     one process would hold had it seen all ranks' batch statistics."""
     variables = moving_state(model)
-    if collective.size == 1 or not variables or getattr(collective, "global_step", False):
+    if collective.size == 1 or not variables or collective.global_step:
         return len(variables)
     means = collective.mean([np.asarray(v.numpy(), dtype=np.float64) for v in variables])
     for variable, mean in zip(variables, means):
@@ -141,7 +141,7 @@ class HostModel:
     def __init__(self, model, collective):
         self.model, self.collective = model, collective
         self.twin = None
-        if getattr(collective, "global_step", False):
+        if collective.global_step:
             import keras
 
             with _distribution(None):  # the twin's variables stay on this process

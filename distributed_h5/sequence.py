@@ -7,11 +7,11 @@ import os
 import keras
 import numpy as np
 
-from . import sharding
-from .augment import Augment
-from .dataset import describe, load_split, open_file
-from .reader import BatchReader
-from .runtime import world
+from .data import sharding
+from .data.augment import Augment
+from .data.dataset import describe, load_split, open_file
+from .data.reader import BatchReader
+from .engines.launcher import world
 
 
 class ShardedSequence(keras.utils.PyDataset):

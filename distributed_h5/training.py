@@ -1,7 +1,8 @@
 """``train_model``: data-parallel training of a compiled Keras model on an HDF5 video file.
 
-Imports Keras; the engine is imported when training starts: Horovod (with TensorFlow) on
-Keras' TensorFlow backend, JAX (:mod:`distributed_h5.jaxengine`) on its JAX backend.
+Imports Keras; the engine (:mod:`distributed_h5.engines`) is imported when training starts:
+Horovod (with TensorFlow) on Keras' TensorFlow backend, JAX on its JAX backend, or none for
+one process on TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import __version__, checkpoints, collective as collectives, randomness, replicas
-from .augment import Augment
-from .callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, Commit, EpochTiming, GlobalState,  # noqa: F401
-                        LearningRate, NonFiniteLoss, Preempted, SampleKeys, StopAfterEpoch, Timeline)
+from . import __version__, checkpoints, engines, keras_internals, randomness, replicas
+from .callbacks import (Agreement, Checkpointer, Commit, EpochTiming, GlobalState, LearningRate, SampleKeys,
+                        StopAfterEpoch, Timeline)
 from .checkpoints import Position, RunConfig
-from .collective import BACKENDS, ENGINES
+from .data.augment import Augment
+from .engines import collective as collectives
+from .engines.collective import ENGINES
 from .feeding import Feeder
 from .layers import synchronized_batchnorm
 from .sequence import ShardedSequence
@@ -84,44 +86,6 @@ def _check_arguments(*, epochs, batch_size, keep_checkpoints, warmup_epochs, che
         raise ValueError(f"monitor must be a metric name such as 'val_loss' or None. Received: {monitor!r}")
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
-
-
-def init_engine(engine: str | None = None):
-    """Join the job's processes and return the collective of ``engine``.
-
-    ``engine`` is ``"horovod"`` or ``"jax"``; by default, the one that fits Keras' backend
-    (``KERAS_BACKEND``). With JAX, call it before building the model (see
-    :func:`distributed_h5.jaxengine.init`); ``train_model`` calls it too, and a second call
-    returns the same collective.
-    """
-    backend = keras.backend.backend()
-    if engine is None:
-        engine = {value: key for key, value in BACKENDS.items()}.get(backend)
-        if engine is None:
-            raise ValueError(f"no engine runs on Keras backend {backend!r}: set KERAS_BACKEND to one of "
-                             f"{sorted(BACKENDS.values())} before Keras is imported")
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
-    if backend != BACKENDS[engine]:
-        raise ValueError(f"the {engine} engine needs KERAS_BACKEND={BACKENDS[engine]} set before Keras is imported. "
-                         f"Received: Keras backend {backend!r}")
-    if engine == "jax":
-        from . import jaxengine
-
-        return jaxengine.init()
-    from . import horovod
-
-    return horovod.init()
-
-
-def _one_process():
-    """A job of one process on Keras' TensorFlow backend trains with :class:`collective.Single`:
-    every reduction is the identity, and no Horovod is needed. Otherwise None."""
-    from .runtime import world
-
-    if keras.backend.backend() == BACKENDS["horovod"] and world()[1] == 1:
-        return collectives.Single()
-    return None
 
 
 def _prepare_directories(rank: int, checkpoint_dir: Path | None, log_dir: Path | None, locked: bool = False,
@@ -284,9 +248,7 @@ def train_model(
     started = time.perf_counter()
     if model.optimizer is None or not getattr(model, "compiled", False):
         raise ValueError("model must be compiled (model.compile(optimizer=..., loss=...)) before train_model")
-    # Keras keeps a schedule in the optimizer's private _learning_rate; its rate cannot be set.
-    if scale_learning_rate and isinstance(getattr(model.optimizer, "_learning_rate", None),
-                                          keras.optimizers.schedules.LearningRateSchedule):
+    if scale_learning_rate and keras_internals.has_learning_rate_schedule(model.optimizer):
         raise ValueError("the optimizer's learning rate is a LearningRateSchedule, which train_model cannot scale to "
                          "the global batch or warm up: pass scale_learning_rate=False (train --no-scale-lr) to use "
                          "the schedule as it is, or give the optimizer a constant rate")
@@ -305,14 +267,14 @@ def train_model(
                          f"after keras.config.set_dtype_policy({precision!r})")
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     log_dir = Path(log_dir) if log_dir is not None else checkpoint_dir
-    collective = _one_process() if engine != "jax" and not elastic else None
-    collective = collective or init_engine(engine)
-    run_args = dict(base_rate=base_rate, epochs=epochs, scale_learning_rate=scale_learning_rate,
-                    warmup_epochs=warmup_epochs, checkpoint_dir=checkpoint_dir, resume=resume,
-                    keep_checkpoints=keep_checkpoints, monitor=monitor, log_dir=log_dir, workers=workers,
-                    prefetch=prefetch, verbose=verbose, callbacks=callbacks, stop_signal=stop_signal,
-                    check_every=check_every, precision=policy, allow_config_change=tuple(allow_config_change),
-                    path=path, commit_every=commit_every)
+    collective = engines.for_training(engine, elastic=elastic)
+    options = RunOptions(path=os.fspath(path), epochs=epochs, base_rate=base_rate,
+                         scale_learning_rate=scale_learning_rate, warmup_epochs=warmup_epochs,
+                         checkpoint_dir=checkpoint_dir, log_dir=log_dir, resume=resume, overwrite=overwrite,
+                         keep_checkpoints=keep_checkpoints, monitor=monitor, workers=workers, prefetch=prefetch,
+                         verbose=verbose, callbacks=tuple(callbacks or ()), stop_signal=stop_signal,
+                         check_every=check_every, precision=policy, allow_config_change=tuple(allow_config_change),
+                         commit_every=commit_every)
 
     def attempt(collective, state=None, held=None):
         """Train with the ranks of ``collective``: the whole run, or (elastic) until they change."""
@@ -348,7 +310,7 @@ def train_model(
                     stack.enter_context(synchronized_batchnorm(model))
                 if not model.built:
                     model(train[0][0][:1])
-                history = _run(model, collective, train, validation, train.plan, summary, state=state, **run_args)
+                history = _run(model, collective, train, validation, summary, options, state)
             summary.elapsed_seconds = time.perf_counter() - started
             history.run = summary
             return history
@@ -362,7 +324,7 @@ def train_model(
 
     if not elastic:
         return attempt(collective)
-    from . import horovod
+    from .engines import horovod
 
     if collective.name != "horovod" or not horovod.elastic_launch():
         raise ValueError("elastic training needs the horovod engine launched in elastic mode: horovodrun --gloo "
@@ -420,49 +382,135 @@ def _resume_point(host: replicas.HostModel, collective, checkpoint_dir, config: 
     return position, base_batch, best
 
 
-def _run(model, collective, train, validation, plan, summary, *, base_rate, epochs, scale_learning_rate,
-         warmup_epochs, checkpoint_dir, resume, keep_checkpoints, monitor, log_dir, workers, prefetch, verbose,
-         callbacks, stop_signal, check_every, precision, allow_config_change, path, state=None, commit_every=8):
-    rank = collective.rank
-    info = train.info
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``train_model`` was asked for, checked: everything a run needs besides the model,
+    the collective and the data."""
+
+    path: str
+    epochs: int
+    base_rate: float  # the optimizer's rate as the caller gave it
+    scale_learning_rate: bool
+    warmup_epochs: float
+    checkpoint_dir: Path | None
+    log_dir: Path | None
+    resume: bool
+    overwrite: bool
+    keep_checkpoints: int
+    monitor: str | None
+    workers: int
+    prefetch: int
+    verbose: int
+    callbacks: tuple
+    stop_signal: int | None
+    check_every: int
+    precision: str
+    allow_config_change: tuple
+    commit_every: int
+
+
+@dataclass
+class _Run:
+    """One attempt's parts, as the steps of :func:`_run` make them."""
+
+    model: keras.Model
+    collective: object
+    options: RunOptions
+    train: ShardedSequence
+    validation: ShardedSequence | None
+    summary: RunSummary
+    state: object = None  # elastic: Horovod's State, committed in memory
+    host: replicas.HostModel | None = None
+    config: RunConfig | None = None
+    position: Position = Position(0)
+    base_batch: int = 0
+    best: dict | None = None
+    timeline: Timeline | None = None
+    feeder: Feeder | None = None
+    keyed: randomness.SampleKeyed | None = None
+    checkpointer: Checkpointer | None = None
+
+    @property
+    def plan(self):
+        return self.train.plan
+
+
+def _run(model, collective, train, validation, summary, options: RunOptions, state=None) -> keras.callbacks.History:
+    """One attempt with the ranks of ``collective``: the steps of a run, in order."""
+    run = _Run(model, collective, options, train, validation, summary, state)
+    run.config = _run_config(run)
+    run.host = replicas.HostModel(model, collective)
+    _decide_start(run)
+    if run.position.epoch >= options.epochs:
+        return _history_of(state) if state is not None else keras.callbacks.History()
+    plan = run.plan
+    run.timeline = Timeline(plan, run.position)
+    # The JAX engine's step runs over the global batch: its rows are every rank's batch.
+    run.keyed = randomness.SampleKeyed(model, plan.seed, plan.global_batch if collective.global_step
+                                       else plan.batch_size, in_model=collective.global_step)
+    run.feeder = Feeder(plan, train.reader(), run.position.epoch, run.position.sample, workers=options.workers,
+                        prefetch=options.prefetch, augment=train.augment)
+    history = _fit(run, build_callbacks(run))
+    _summarise(run, history)
+    return history
+
+
+def _run_config(run: _Run) -> RunConfig:
+    """What the checkpoints record of this run (and a resume checks)."""
+    plan, options = run.plan, run.options
+    fingerprint = ""
+    if run.collective.rank == 0 and options.checkpoint_dir:  # rank 0 alone writes and checks it
+        fingerprint = checkpoints.fingerprint(options.path, plan.sample_count)
     config = RunConfig(
         seed=plan.seed, validation_ratio=plan.validation_ratio, sample_count=plan.sample_count,
-        fingerprint=checkpoints.fingerprint(path, plan.sample_count) if (rank == 0 and checkpoint_dir) else "",
-        path=os.path.abspath(path), file_bytes=info.file_bytes, remainder=plan.remainder,
-        batch_size=plan.batch_size, ranks=plan.size, global_batch=plan.global_batch, base_batch=plan.batch_size,
-        precision=precision, engine=collective.name, version=__version__, split=plan.split,
-        **_augment_fields(train.augment))
-    checkpoints.check_config(None, config, allow_config_change)  # validates the field names
-    host = replicas.HostModel(model, collective)
+        fingerprint=fingerprint, path=os.path.abspath(options.path), file_bytes=run.train.info.file_bytes,
+        remainder=plan.remainder, batch_size=plan.batch_size, ranks=plan.size, global_batch=plan.global_batch,
+        base_batch=plan.batch_size, precision=options.precision, engine=run.collective.name, version=__version__,
+        split=plan.split, **_augment_fields(run.train.augment))
+    checkpoints.check_config(None, config, options.allow_config_change)  # validates the field names
+    return config
+
+
+def _decide_start(run: _Run) -> None:
+    """Where training starts: an elastic re-forming's last commit, else the resume point
+    (rank 0's decision, on every rank), then the position after a completed epoch."""
+    state = run.state
     if state is not None and state.progress is not None:
         # Elastic, after the ranks changed: every rank holds rank 0's last commit (state.sync).
         position, base_batch, best = Position(*state.progress["position"]), *(
             state.progress[key] for key in ("base_batch", "best"))
     else:
-        position, base_batch, best = _resume_point(host, collective, checkpoint_dir, config, allow_config_change,
-                                                   resume)
+        options = run.options
+        position, base_batch, best = _resume_point(run.host, run.collective, options.checkpoint_dir, run.config,
+                                                   options.allow_config_change, options.resume)
         if state is not None:  # the first commit: what a rank lost before the next one rolls back to
             state.progress = dict(position=[position.epoch, position.sample], base_batch=base_batch, best=best,
                                   epochs=[])
             state.save()
-    config = RunConfig(**{**config.__dict__, "base_batch": base_batch})
+    run.config = RunConfig(**{**run.config.__dict__, "base_batch": base_batch})
     if position != Position(0):
-        summary.resumed_from = position
-    if position.sample >= plan.train_count:
+        run.summary.resumed_from = position
+    if position.sample >= run.plan.train_count:
         position = Position(position.epoch + 1)
-    summary.best = best
-    if position.epoch >= epochs:
-        return _history_of(state) if state is not None else keras.callbacks.History()
+    run.position, run.base_batch, run.best = position, base_batch, best
+    run.summary.best = best
 
-    timeline = Timeline(plan, position)
-    # The JAX engine's step runs over the global batch: its rows are every rank's batch.
-    global_step = getattr(collective, "global_step", False)
-    keyed = randomness.SampleKeyed(model, plan.seed, plan.global_batch if global_step else plan.batch_size,
-                                   in_model=global_step)
-    feeder = Feeder(plan, train.reader(), position.epoch, position.sample, workers=workers, prefetch=prefetch,
-                    augment=train.augment)
 
-    def validate(m):
+def build_callbacks(run: _Run) -> list:
+    """The run's callbacks, the package's first, then the caller's.
+
+    The order matters, and is decided here only:
+
+    1. EpochTiming, SampleKeys and LearningRate first: they only read the Timeline and the Feeder.
+    2. Agreement before GlobalState: a non-finite epoch stops before it is validated or saved.
+    3. GlobalState before everything that reads epoch logs (Checkpointer, CSVLogger,
+       TensorBoard, Commit, the caller's callbacks): it makes them global and the replicas identical.
+    4. Commit last of the package's: the epoch's logs and checkpoint are final.
+    """
+    model, collective, options, plan = run.model, run.collective, run.options, run.plan
+    rank, host, validation = collective.rank, run.host, run.validation
+
+    def validate(_):
         with host.local() as local:
             return evaluate(local, validation, collective)
 
@@ -470,52 +518,55 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
         replicas.average_moving_state(model, collective)
         if rank == 0:  # rank 0 alone writes
             with host.local() as local:
-                path_ = checkpoints.save(local, checkpoint_dir / checkpoints.name_for(at), at, config,
-                                         best=checkpointer.best if checkpointer else best, monitor=monitor)
-            summary.checkpoints.append(str(path_))
-            (checkpoint_dir / checkpoints.PREEMPTED_MARKER).write_text(f"{at.epoch} {at.sample}\n")
+                path = checkpoints.save(local, options.checkpoint_dir / checkpoints.name_for(at), at, run.config,
+                                        best=run.checkpointer.best if run.checkpointer else run.best,
+                                        monitor=options.monitor)
+            run.summary.checkpoints.append(str(path))
+            (options.checkpoint_dir / checkpoints.PREEMPTED_MARKER).write_text(f"{at.epoch} {at.sample}\n")
         # A barrier, so no rank exits (and no launcher kills rank 0) before the checkpoint is on disk.
         collective.barrier()
 
-    # The order matters, and is decided here only:
-    # 1. EpochTiming and LearningRate first: they only read the Timeline and the Feeder.
-    # 2. Agreement before GlobalState: a non-finite epoch stops before it is validated or saved.
-    # 3. GlobalState before everything that reads epoch logs (Checkpointer, CSVLogger,
-    #    TensorBoard, the caller's callbacks): it makes them global and the replicas identical.
-    checkpointer = None
-    run_callbacks = [EpochTiming(feeder, plan.global_batch)]
-    if keyed.active:
-        run_callbacks.append(SampleKeys(keyed, timeline, ranks=plan.size if global_step else 1))
-    if scale_learning_rate:
-        run_callbacks.append(LearningRate(base_rate, base_batch, timeline, warmup_epochs))
-    run_callbacks.append(Agreement(collective, timeline, check_every, stop_signal,
-                                   stop_checkpoint if stop_signal is not None else None))
+    callbacks = [EpochTiming(run.feeder, plan.global_batch)]
+    if run.keyed.active:
+        callbacks.append(SampleKeys(run.keyed, run.timeline, ranks=plan.size if collective.global_step else 1))
+    if options.scale_learning_rate:
+        callbacks.append(LearningRate(options.base_rate, run.base_batch, run.timeline, options.warmup_epochs))
+    callbacks.append(Agreement(collective, run.timeline, options.check_every, options.stop_signal,
+                               stop_checkpoint if options.stop_signal is not None else None))
     # The monitored metric is checked on every rank at the first epoch's end (a typo would
     # silently write no best checkpoint); a val_* one means nothing without validation.
-    checked_monitor = monitor if checkpoint_dir is not None and (
-        validation is not None or not str(monitor).startswith("val_")) else None
-    run_callbacks.append(GlobalState(collective, validate if validation is not None else None, checked_monitor))
+    monitor = options.monitor if options.checkpoint_dir is not None and (
+        validation is not None or not str(options.monitor).startswith("val_")) else None
+    callbacks.append(GlobalState(collective, validate if validation is not None else None, monitor))
     if rank == 0:  # rank 0 alone writes: the others hold identical weights and the same global logs
-        if checkpoint_dir is not None:
-            checkpointer = Checkpointer(checkpoint_dir, keep_checkpoints, config, monitor, best, host.local)
-            run_callbacks.append(checkpointer)
-        if log_dir is not None:
-            csv_path = log_dir / "training.csv"
-            if position == Position(0):
+        if options.checkpoint_dir is not None:
+            run.checkpointer = Checkpointer(options.checkpoint_dir, options.keep_checkpoints, run.config,
+                                            options.monitor, run.best, host.local)
+            callbacks.append(run.checkpointer)
+        if options.log_dir is not None:
+            csv_path = options.log_dir / "training.csv"
+            if run.position == Position(0):
                 csv_path.unlink(missing_ok=True)
-            run_callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
-            run_callbacks.append(keras.callbacks.TensorBoard(str(log_dir / "tensorboard")))
-    if state is not None:  # last of the package's: the epoch's logs and checkpoint are final
-        run_callbacks.append(Commit(state, timeline, commit_every, lambda: checkpointer.best if checkpointer else best))
-    run_callbacks += list(callbacks or [])
+            callbacks.append(keras.callbacks.CSVLogger(str(csv_path), append=True))
+            callbacks.append(keras.callbacks.TensorBoard(str(options.log_dir / "tensorboard")))
+    if run.state is not None:
+        callbacks.append(Commit(run.state, run.timeline, options.commit_every,
+                                lambda: run.checkpointer.best if run.checkpointer else run.best))
+    return callbacks + list(options.callbacks)
+
+
+def _fit(run: _Run, callbacks: list) -> keras.callbacks.History:
+    """``model.fit`` from the run's position to its last epoch: the interrupted epoch first, in
+    a fit of its own (it has fewer steps), then the full epochs; random layers keyed by sample."""
+    model, feeder, options, position = run.model, run.feeder, run.options, run.position
 
     def fit(first_epoch: int, only_one: bool = False) -> keras.callbacks.History:
         # shuffle=False: the order is already shuffled by (seed, epoch), identically on every rank.
         try:
-            return model.fit(feeder.source(), epochs=epochs, initial_epoch=first_epoch, shuffle=False,
+            return model.fit(feeder.source(), epochs=options.epochs, initial_epoch=first_epoch, shuffle=False,
                              steps_per_epoch=feeder.steps(first_epoch),
-                             callbacks=run_callbacks + ([StopAfterEpoch()] if only_one else []),
-                             verbose=verbose if rank == 0 else 0)
+                             callbacks=callbacks + ([StopAfterEpoch()] if only_one else []),
+                             verbose=options.verbose if run.collective.rank == 0 else 0)
         except Exception as exc:
             # A read that failed in the feeder's thread reaches fit as a framework error
             # (tf.data's, with the traceback in its text): raise the reader's own one-line error.
@@ -525,22 +576,25 @@ def _run(model, collective, train, validation, plan, summary, *, base_rate, epoc
 
     histories = []
     first_full_epoch = position.epoch
-    with keyed:  # random layers draw by sample within the fits
-        if position.sample:  # finish the interrupted epoch from its sample position, in a fit of its own
+    with run.keyed:
+        if position.sample:
             if feeder.steps(position.epoch):
                 histories.append(fit(position.epoch, only_one=True))
             first_full_epoch += 1
             feeder.restart_at(first_full_epoch)
-        if first_full_epoch < epochs:
+        if first_full_epoch < options.epochs:
             histories.append(fit(first_full_epoch))
-    history = _merge(histories) if state is None else _history_of(state)
-    summary.epochs_run = list(history.epoch)
-    if checkpointer is not None:
-        summary.best = checkpointer.best
-        summary.checkpoints += [str(p) for p in checkpointer.paths if p.exists()]  # pruned ones are gone
-    if rank == 0 and log_dir is not None:
-        _plot(log_dir / "training.csv", log_dir / "training.png")
-    return history
+    return _merge(histories) if run.state is None else _history_of(run.state)
+
+
+def _summarise(run: _Run, history) -> None:
+    """The summary's epochs, best and checkpoints; rank 0 plots the curves."""
+    run.summary.epochs_run = list(history.epoch)
+    if run.checkpointer is not None:
+        run.summary.best = run.checkpointer.best
+        run.summary.checkpoints += [str(p) for p in run.checkpointer.paths if p.exists()]  # pruned ones are gone
+    if run.collective.rank == 0 and run.options.log_dir is not None:
+        _plot(run.options.log_dir / "training.csv", run.options.log_dir / "training.png")
 
 
 def _augment_fields(augment: Augment | None) -> dict:

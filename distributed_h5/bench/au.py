@@ -216,8 +216,8 @@ class Config:
 
 
 def _plan(config: Config, rank: int, size: int):
-    from ..dataset import describe
-    from ..sharding import ShardPlan
+    from ..data.dataset import describe
+    from ..data.sharding import ShardPlan
 
     info = describe(config.file)
     # All of the file is training data: every loader reads the same shard of the same order.
@@ -227,7 +227,7 @@ def _plan(config: Config, rank: int, size: int):
 
 def settings(config: Config) -> str:
     """How each loader is set up, in words, for the CSV and the docs."""
-    from ..reader import default_threads
+    from ..data.reader import default_threads
 
     return {
         "distributed_h5": f"Feeder(workers={config.feeder_workers}, prefetch={config.feeder_prefetch}) over "

@@ -503,7 +503,7 @@ def _au_point(config: au.Config, ranks: int, timeout: float) -> tuple[list[au.Ra
 def _au_rank(config: au.Config, rank: int, size: int, scratch: str) -> None:
     """One emulated accelerator on the package's reader, as bench au's ``rank_main``, on bench au's shard plan."""
     from ..feeding import Feeder
-    from ..reader import BatchReader
+    from ..data.reader import BatchReader
 
     info, plan = au._plan(config, rank, size)
     reader = BatchReader(config.file, threads=config.threads)
@@ -525,7 +525,7 @@ PARTS = (("train_model", part_train_model), ("torch", part_torch), ("au", part_a
 
 def _write_file(path: str, clips: int, frames: int, size: int, classes: int) -> float:
     """Write one synthetic file, flushed to disk (the page cache can evict clean pages only); its seconds."""
-    from ..synthetic import make_synthetic
+    from ..data.synthetic import make_synthetic
 
     started = time.perf_counter()
     if not os.path.exists(path):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from ..dataset import describe
-from ..reader import default_threads
+from ..data.dataset import describe
+from ..data.reader import default_threads
 from ..sequence import ShardedSequence
 
 

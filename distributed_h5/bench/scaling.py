@@ -71,13 +71,13 @@ def worker(args) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
 
-    from .. import horovod as engine
+    from ..engines import horovod as engine
     from .. import replicas
     from ..feeding import Feeder
     from ..models import r2plus1d_18, video_classifier
     from ..sequence import ShardedSequence
 
-    from ..augment import Augment
+    from ..data.augment import Augment
 
     collective = engine.init()
     augment = Augment(clip_frames=args.clip_frames, crop=args.crop, flip=args.flip)  # train_model's, on the reader side

@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from . import runtime
+from ..engines import launcher as runtime
 from .outputs import check_output, printable
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}

@@ -1,8 +1,8 @@
 """The collective operations training needs, behind one small interface. Imports no framework.
 
 ``train_model``, the callbacks and the checkpoints talk to the other ranks only through a
-:class:`Collective`. An engine implements it: :class:`distributed_h5.horovod.HorovodCollective`
-(TensorFlow backend) and :class:`distributed_h5.jaxengine.JaxCollective` (JAX backend, whose
+:class:`Collective`. An engine implements it: :class:`distributed_h5.engines.horovod.HorovodCollective`
+(TensorFlow backend) and :class:`distributed_h5.engines.jax.JaxCollective` (JAX backend, whose
 compiled step already computes over the global batch: ``global_step = True``, so its in-graph
 calls are the identity). :class:`Single` is the one-process case, and tests use it (or a fake
 of their own) to check the glue without launching ranks.
@@ -38,11 +38,14 @@ class Collective(Protocol):
     rank: int
     size: int
     local_rank: int
+    global_step: bool  # the compiled step computes over the global batch (no gradient hook, no moving-state averaging)
 
     def average_gradients(self, grads: list) -> list: ...  # in-graph, one grouped reduction
     def sum_in_step(self, tensor): ...  # in-graph sum across ranks (differentiable)
     def broadcast_variables(self, variables: list, root: int = 0) -> None: ...
     def broadcast_object(self, value: Any, root: int = 0) -> Any: ...
+    def broadcast_arrays(self, arrays: list[np.ndarray], root: int = 0) -> list[np.ndarray]: ...
+    def place(self, variables: list, values: list[np.ndarray]) -> None: ...  # assign values the same on every rank
     def sum(self, arrays: list[np.ndarray]) -> list[np.ndarray]: ...
     def mean(self, arrays: list[np.ndarray]) -> list[np.ndarray]: ...
     def max(self, value: int) -> int: ...
@@ -54,6 +57,7 @@ class Single:
 
     name = "single"
     rank, size, local_rank = 0, 1, 0
+    global_step = False
 
     def average_gradients(self, grads):
         return list(grads)
@@ -66,6 +70,13 @@ class Single:
 
     def broadcast_object(self, value, root=0):
         return value
+
+    def broadcast_arrays(self, arrays, root=0):
+        return [np.asarray(a) for a in arrays]
+
+    def place(self, variables, values):
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
     def sum(self, arrays):
         return [np.asarray(a) for a in arrays]

@@ -1,4 +1,4 @@
-"""The JAX engine: Keras 3 on JAX across processes, a :class:`~distributed_h5.collective.Collective`.
+"""The JAX engine: Keras 3 on JAX across processes, a :class:`~distributed_h5.engines.collective.Collective`.
 
 Imports JAX (and Keras, which must run on its JAX backend: ``KERAS_BACKEND=jax`` before
 Keras is first imported). Each process feeds its own rows of every global batch;
@@ -22,11 +22,11 @@ import pickle
 
 import numpy as np
 
-from .runtime import launcher_world
+from .launcher import launcher_world
 
 
 class JaxCollective:
-    """JAX's multi-process collectives, as :mod:`distributed_h5.collective` names them."""
+    """JAX's multi-process collectives, as :mod:`distributed_h5.engines.collective` names them."""
 
     name = "jax"
     global_step = True  # the compiled step already computes over the global batch
@@ -54,9 +54,10 @@ class JaxCollective:
 
         Keras variables created before the distribution was set live on one local device;
         this is where they move onto the distribution's replicated layout."""
+        from .. import keras_internals
+
         for variable, value in zip(variables, values):
-            if getattr(variable, "_layout", None) is None:  # Keras' own field for a variable's layout
-                variable._layout = self.distribution.get_variable_layout(variable).backend_layout
+            keras_internals.lay_out(variable, self.distribution)
             variable.assign(value)
 
     def broadcast_arrays(self, arrays, root=0):

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from .sharding import check_rank
+from ..data.sharding import check_rank
 
 # (rank, size, local rank) variables of each launcher, in the order they are trusted. A pair
 # counts only when both its rank and size variables are set. SLURM_STEP_NUM_TASKS, not

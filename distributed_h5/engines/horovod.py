@@ -1,4 +1,4 @@
-"""The Horovod engine: a :class:`~distributed_h5.collective.Collective` over ``horovod.tensorflow``.
+"""The Horovod engine: a :class:`~distributed_h5.engines.collective.Collective` over ``horovod.tensorflow``.
 
 Imports TensorFlow and Horovod (when :func:`init` is called). ``horovod.tensorflow.keras``
 does not work under Keras 3 (``'Variable' object has no attribute 'ref'``, horovod issue
@@ -15,9 +15,10 @@ import numpy as np
 
 
 class HorovodCollective:
-    """Horovod's collectives, as :mod:`distributed_h5.collective` names them."""
+    """Horovod's collectives, as :mod:`distributed_h5.engines.collective` names them."""
 
     name = "horovod"
+    global_step = False  # each rank's step is its own batch; gradients are averaged by allreduce
 
     def __init__(self, hvd):
         self.hvd = hvd
@@ -45,6 +46,13 @@ class HorovodCollective:
 
     def broadcast_object(self, value, root=0):
         return self.hvd.broadcast_object(value, root_rank=root)
+
+    def broadcast_arrays(self, arrays, root=0):
+        return [np.asarray(a) for a in self.hvd.broadcast_object([np.asarray(a) for a in arrays], root_rank=root)]
+
+    def place(self, variables, values):  # each rank's variables are its own: a plain assign
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
     def _reduce(self, arrays, op, name):
         shapes = [np.shape(a) for a in arrays]
@@ -110,7 +118,7 @@ def elastic_state(model):
     import horovod.tensorflow as hvd
     from horovod.common.elastic import State
 
-    from .replicas import broadcast_state, state_variables
+    from ..replicas import broadcast_state, state_variables
 
     class ElasticState(State):
         """What a lost rank rolls every rank back to; new ranks receive it by broadcast."""
