@@ -1,4 +1,4 @@
-"""A fake :class:`~distributed_h5.collective.Collective`: N simulated ranks in one process.
+"""A fake :class:`~distributed_h5.engines.collective.Collective`: N simulated ranks in one process.
 
 Each rank runs in its own thread (:func:`run_ranks`). Every host call is a rendezvous: each
 rank posts its call and argument, the last to arrive completes the round, and every rank
@@ -99,6 +99,7 @@ class FakeCollective:
     reduced across ranks. ``calls`` records each host call and this rank's argument."""
 
     name = "fake"
+    global_step = False  # per-rank steps, as under Horovod: the glue averages moving statistics
 
     def __init__(self, world: World, rank: int, local_rank: int | None = None):
         if not 0 <= rank < world.size:
@@ -151,6 +152,11 @@ class FakeCollective:
         if self.rank != root:
             for variable, value in zip(variables, every[root]):
                 variable.assign(value)
+
+    def place(self, variables, values):
+        # Not a collective: every rank assigns the values it holds (the same on every rank).
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
     def barrier(self):
         self._exchange("barrier", None)

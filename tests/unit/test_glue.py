@@ -25,8 +25,8 @@ from distributed_h5 import checkpoints, replicas, training
 from distributed_h5.callbacks import (EXIT_PREEMPTED, Agreement, Checkpointer, Commit, GlobalState, NonFiniteLoss,
                                       Preempted, Timeline)
 from distributed_h5.checkpoints import ConfigMismatch, Position, RunConfig
-from distributed_h5.collective import Single
-from distributed_h5.sharding import ShardPlan
+from distributed_h5.data.sharding import ShardPlan
+from distributed_h5.engines.collective import Collective, Single
 
 from .fake_collective import CollectiveMismatch, CollectiveTimeout, run_ranks
 
@@ -65,6 +65,12 @@ def calls(collective) -> list[str]:
 
 
 # --- the fake collective itself ------------------------------------------------------------
+
+
+def test_the_fake_collective_has_everything_the_protocol_declares():
+    declared = {name for name in vars(Collective) if not name.startswith("_")} | set(Collective.__annotations__)
+    fake = run_ranks(1, lambda collective: collective)[0]
+    assert sorted(name for name in declared if not hasattr(fake, name)) == []
 
 
 def test_the_fake_collective_answers_as_an_engine_and_fails_where_a_job_would_hang():
