@@ -100,12 +100,13 @@ def fingerprint(path: str | os.PathLike, sample_count: int) -> str:
     in clips between them does not."""
     import h5py
 
-    from .data.dataset import probe_indices, read_clips
+    from .data.dataset import probe_indices, read_clips, x_layout
 
     digest = hashlib.sha256()
     with h5py.File(path, "r", locking=False) as file:
-        x, y = file["X"], file["Y"]
-        digest.update(f"{x.shape}|{x.dtype.str}|{y.shape}|{y.dtype.str}|{sample_count}".encode())
+        y = file["Y"]
+        x_shape, x_dtype = x_layout(path, file["X"])[:2]  # X may be a dataset or a JPEG-clip group
+        digest.update(f"{x_shape}|{x_dtype.str}|{y.shape}|{y.dtype.str}|{sample_count}".encode())
         block = max(1, min(65536, (16 << 20) // max(1, y.shape[1] * y.dtype.itemsize)))  # bounded memory per read
         for start in range(0, sample_count, block):
             digest.update(np.ascontiguousarray(y[start : min(start + block, sample_count)]).tobytes())

@@ -45,6 +45,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engines import launcher as runtime
+from . import jpeg
+from .synthetic import CODECS
 from .outputs import check_output, printable
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
@@ -453,10 +455,16 @@ def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options
     frames, (rows, cols), channels = options["frames"], options["size"], options["channels"]
     partial = path.with_name(path.name + ".partial")
     failures, index, counts, rates = [], [], [], []
-    _reserve(partial, len(videos) * frames * channels * rows * cols, len(videos))
+    jpeg_frames = options["codec"] == "jpeg"  # encoded once here; the join copies the bytes
+    _reserve(partial, 0 if jpeg_frames else len(videos) * frames * channels * rows * cols, len(videos))
     with _removed_on_failure(partial), h5py.File(partial, "w") as file:
-        x = file.create_dataset("X", shape=(0, frames, channels, rows, cols), maxshape=(None, frames, channels, rows, cols),
-                                dtype=np.uint8, chunks=(1, frames, channels, rows, cols))
+        if jpeg_frames:
+            writer = jpeg.JpegWriter(file, (frames, channels, rows, cols), quality=options["quality"],
+                                     subsampling=options["subsampling"])
+        else:
+            x = file.create_dataset("X", shape=(0, frames, channels, rows, cols),
+                                    maxshape=(None, frames, channels, rows, cols), dtype=np.uint8,
+                                    chunks=(1, frames, channels, rows, cols))
         for number, video in videos:
             try:
                 clip = decode(root / video.path, frames=frames, size=(rows, cols), channels=channels,
@@ -464,18 +472,28 @@ def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options
             except VideoError as exc:
                 failures.append((video.path, str(exc)))
             else:
-                x.resize(len(index) + 1, axis=0)
-                x[len(index)] = clip.frames
+                if jpeg_frames:
+                    writer.append(clip.frames)
+                else:
+                    x.resize(len(index) + 1, axis=0)
+                    x[len(index)] = clip.frames
                 index.append(number)
                 counts.append(clip.frame_count)
                 rates.append(clip.frame_rate)
             on_video()
+        if jpeg_frames:
+            writer.close()
         file.create_dataset("index", data=np.array(index, dtype=np.int64))
         file.create_dataset("frame_counts", data=np.array(counts, dtype=np.int64))
         file.create_dataset("frame_rates", data=np.array(rates, dtype=np.float64))
         file.attrs["failures"] = json.dumps(failures)
     os.replace(partial, path)
     return failures
+
+
+def _part_jpeg_bytes(part: Path) -> int:
+    with h5py.File(part, "r") as file:
+        return int(file["X"]["bytes"].size)
 
 
 def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[str], options: dict,
@@ -493,13 +511,23 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
     partial = out.with_name(out.name + ".partial")
     chunks = (1, frames, channels, rows, cols) if options["chunks"] == "clip" else None
     compression = None if options["compression"] == "none" else options["compression"]
-    # Compressed, the size is not known before writing; the reservation then covers only the rest.
-    _reserve(partial, total * frames * channels * rows * cols if compression is None else 0, total)
+    jpeg_frames = options["codec"] == "jpeg"
+    if jpeg_frames:  # the parts' JPEG bytes, summed: what the join writes
+        data_bytes = sum(_part_jpeg_bytes(part) for part in parts)
+    else:  # compressed, the size is not known before writing; the reservation then covers only the rest
+        data_bytes = total * frames * channels * rows * cols if compression is None else 0
+    _reserve(partial, data_bytes, total)
     with _removed_on_failure(partial), h5py.File(partial, "w") as file:
-        x = file.create_dataset("X", shape=(total, frames, channels, rows, cols), dtype=np.uint8,
-                                chunks=chunks, compression=compression)
+        if jpeg_frames:
+            x = jpeg.JpegWriter(file, (frames, channels, rows, cols), quality=options["quality"],
+                                subsampling=options["subsampling"], samples=total)
+        else:
+            x = file.create_dataset("X", shape=(total, frames, channels, rows, cols), dtype=np.uint8,
+                                    chunks=chunks, compression=compression)
         labels = np.array([videos[i].label for i in index])
-        file.create_dataset("Y", data=np.eye(len(class_names), dtype=np.uint8)[labels])
+        one_hot = np.zeros((total, len(class_names)), dtype=np.uint8)  # per row: no classes**2 identity
+        one_hot[np.arange(total), labels] = 1
+        file.create_dataset("Y", data=one_hot)
         paths = [videos[i].path for i in index]
         file.create_dataset("source_paths", data=np.array(paths, dtype=h5py.string_dtype()))
         groups = file.create_dataset("groups", data=group_ids(paths))
@@ -513,11 +541,18 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
         for part in parts:
             with h5py.File(part, "r") as source:
                 clips = source["X"]
-                for row in range(clips.shape[0]):  # one clip at a time: memory stays at one clip
-                    x[start + row] = clips[row]
-                start += clips.shape[0]
+                if jpeg_frames:  # the frames' bytes, copied as they are
+                    x.append_from(clips)
+                    rows_copied = int(clips.attrs["shape"][0])
+                else:
+                    for row in range(clips.shape[0]):  # one clip at a time: memory stays at one clip
+                        x[start + row] = clips[row]
+                    rows_copied = clips.shape[0]
+                start += rows_copied
                 counts.append(source["frame_counts"][:])
                 rates.append(source["frame_rates"][:])
+        if jpeg_frames:
+            x.close()
         file.create_dataset("frame_counts", data=np.concatenate(counts))
         file.create_dataset("frame_rates", data=np.concatenate(rates))
         file.attrs["class_names"] = np.array(class_names, dtype=h5py.string_dtype())
@@ -531,7 +566,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
             classes_from: str = "folders", channels: int = 3, fit: str = "crop", short: str = "pad",
             chunks: str = "clip", compression: str = "none", resume: bool = False,
             part_videos: int = PART_VIDEOS, progress: bool = True, split_file: str | os.PathLike | None = None,
-            split_side: str = "validation") -> Summary:
+            split_side: str = "validation", codec: str = "raw", quality: int = jpeg.DEFAULT_QUALITY,
+            subsampling: str = jpeg.DEFAULT_SUBSAMPLING) -> Summary:
     """Convert the videos under ``source`` into ``out``; run in every process of an MPI job, or alone.
 
     Returns the summary (on rank 0; other ranks get theirs): how many videos were converted,
@@ -542,6 +578,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
     ``split_file`` (UCF101/HMDB51-style list, see :func:`read_split_file`) puts the videos
     it lists on ``split_side`` (``"validation"``, the default, for a test list; ``"train"``
     for a train list) and the others on the other side, recorded as the ``subset`` dataset.
+
+    ``codec="jpeg"`` stores every frame as a JPEG of ``quality`` and ``subsampling``
+    (:mod:`distributed_h5.data.jpeg`), encoded once in the parts and copied by the join.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
@@ -551,6 +590,13 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         raise ValueError(f"chunks must be clip|none and compression none|gzip|lzf. Received: {chunks!r}, {compression!r}")
     if compression != "none" and chunks == "none":
         raise ValueError(f"compression={compression!r} needs chunks='clip'")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}. Received: codec={codec!r}")
+    if codec == "jpeg":
+        if compression != "none":
+            raise ValueError(f"codec='jpeg' stores JPEG frames, which compression={compression!r} cannot apply to; "
+                             "use compression='none'")
+        jpeg.check_options(quality, subsampling)
     if split_side not in SPLIT_SIDES:
         raise ValueError(f"split_side must be one of {SPLIT_SIDES}. Received: split_side={split_side!r}")
     if frames < 1 or min(size) < 1 or part_videos < 1:
@@ -576,7 +622,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
                              f"{'validation' if side == 'train' else 'train'} videos or fewer of them "
                              "(--split-side says which side the list names)")
     options = dict(frames=frames, size=tuple(size), channels=channels, fit=fit, short=short, chunks=chunks,
-                   compression=compression)
+                   compression=compression, codec=codec, quality=quality, subsampling=subsampling)
     # Parts are only reusable for the same videos and the same clip options.
     fingerprint = hashlib.sha256(json.dumps([[v.path, v.label] for v in videos] + [options, part_videos], default=list)
                                  .encode()).hexdigest()[:16]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from . import jpeg
 from .sharding import SPLITS
 
 LABEL_BLOCK_BYTES = 16 << 20  # bytes of Y validated per read, so label loading needs bounded memory
@@ -67,6 +68,7 @@ class DatasetInfo:
     file_bytes: int
     has_groups: bool = False  # a 'groups' dataset (source video per clip)
     has_subset: bool = False  # a 'subset' dataset (0 train, 1 validation)
+    codec: str = "raw"  # "raw" (X a dataset, any HDF5 filter) or "jpeg" (X a group of JPEG frames: data/jpeg.py)
 
     @property
     def clip_bytes(self) -> int:
@@ -146,9 +148,22 @@ def _dataset(file: h5py.File, name: str) -> h5py.Dataset:
                 f"opened ({reason}); relative targets are looked for next to {path}"
             ) from exc
         raise DatasetError(f"{path}: '{name}' cannot be opened (a dangling link?): {exc}") from exc
+    if name == "X" and jpeg.is_jpeg_x(obj):  # the JPEG layout: a group (see data/jpeg.py)
+        return obj
     if not isinstance(obj, h5py.Dataset):
         raise DatasetError(f"{path}: '{name}' is a {type(obj).__name__}, expected a dataset")
     return obj
+
+
+def x_layout(path: str, x) -> tuple[tuple[int, ...], np.dtype, tuple | None, str | None, str]:
+    """``(shape, dtype, chunks, compression, codec)`` of X, a dataset or a JPEG-clip group."""
+    if not jpeg.is_jpeg_x(x):
+        return x.shape, x.dtype, x.chunks, x.compression, "raw"
+    problems = jpeg.validate_jpeg_x(x)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DatasetError(f"{path}: 'X' holds JPEG clips, and {problems[0]}{more}")
+    return tuple(int(n) for n in x.attrs["shape"]), np.dtype(np.uint8), None, "jpeg", "jpeg"
 
 
 def _virtual_source_problem(dset: h5py.Dataset, locking: bool) -> str | None:
@@ -424,6 +439,8 @@ def check_storage(file: h5py.File, sample_count: int, *, locking: bool = False) 
     path = file.filename
     for name in ("X", "Y"):
         dset = file[name]
+        if jpeg.is_jpeg_x(dset):  # its bytes' storage was checked with its offsets (jpeg.validate_jpeg_x)
+            continue
         where = f"dataset '{name}'" if dset.file.filename == path else f"dataset '{name}' (in {dset.file.filename})"
         plist = dset.id.get_create_plist()
         if plist.get_layout() == h5py.h5d.VIRTUAL:
@@ -457,6 +474,12 @@ def read_clips(file: h5py.File, indices: np.ndarray) -> np.ndarray:
     plugin, say) on the clips asked for.
     """
     x = file["X"]
+    if jpeg.is_jpeg_x(x):
+        try:
+            with jpeg.JpegClips(file.filename, threads=1) as clips:
+                return clips.read(np.asarray(indices, dtype=np.int64))
+        except ValueError as exc:  # a frame that does not decode, named by clip and frame
+            raise DatasetError(str(exc)) from exc
     out = np.empty((len(indices), *x.shape[1:]), dtype=native(x.dtype))
     for row, index in enumerate(indices):
         try:
@@ -510,22 +533,23 @@ def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = 
     """
     path = file.filename
     x, y = (_dataset(file, name) for name in ("X", "Y"))
-    if x.ndim != 5:
+    x_shape, x_dtype, chunks, compression, codec = x_layout(path, x)
+    if len(x_shape) != 5:
         raise DatasetError(
-            f"{path}: dataset 'X' has shape {x.shape}, expected 5 dimensions (samples, frames, channels, rows, cols)"
+            f"{path}: dataset 'X' has shape {x_shape}, expected 5 dimensions (samples, frames, channels, rows, cols)"
         )
     if y.ndim != 2:
         raise DatasetError(f"{path}: dataset 'Y' has shape {y.shape}, expected 2 dimensions (samples, classes)")
-    if x.shape[0] != y.shape[0]:
-        raise DatasetError(f"{path}: 'X' has {x.shape[0]} rows but 'Y' has {y.shape[0]}; expected equal row counts")
-    if x.shape[0] == 0:
+    if x_shape[0] != y.shape[0]:
+        raise DatasetError(f"{path}: 'X' has {x_shape[0]} rows but 'Y' has {y.shape[0]}; expected equal row counts")
+    if x_shape[0] == 0:
         raise DatasetError(f"{path}: the file has no samples ('X' and 'Y' have 0 rows); expected at least one clip "
                            "in X with its label in Y, and sample_count >= 1")
-    for name, dset in (("X", x), ("Y", y)):
-        if dset.dtype.kind not in "uif":
-            raise DatasetError(f"{path}: dataset '{name}' has dtype {dset.dtype}, expected a numeric dtype")
+    for name, dtype in (("X", x_dtype), ("Y", y.dtype)):
+        if dtype.kind not in "uif":
+            raise DatasetError(f"{path}: dataset '{name}' has dtype {dtype}, expected a numeric dtype")
     if "sample_count" not in file.attrs:
-        raise DatasetError(f"{path}: root attribute 'sample_count' is missing; expected an integer in [1, {x.shape[0]}]")
+        raise DatasetError(f"{path}: root attribute 'sample_count' is missing; expected an integer in [1, {x_shape[0]}]")
     sample_count = file.attrs["sample_count"]
     if isinstance(sample_count, np.ndarray) and sample_count.shape in ((), (1,)):
         sample_count = sample_count.reshape(-1)[0]
@@ -534,31 +558,32 @@ def validate(file: h5py.File, *, allow_unwritten: bool = False, locking: bool = 
         raise DatasetError(
             f"{path}: attribute 'sample_count' is {shown!r} ({type(sample_count).__name__}), expected an integer"
         )
-    if not 1 <= sample_count <= x.shape[0]:
-        raise DatasetError(f"{path}: attribute 'sample_count' is {sample_count}, expected an integer in [1, {x.shape[0]}]")
+    if not 1 <= sample_count <= x_shape[0]:
+        raise DatasetError(f"{path}: attribute 'sample_count' is {sample_count}, expected an integer in [1, {x_shape[0]}]")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if sample_count * BYTES_PER_SAMPLE > memory:
         raise DatasetError(
             f"{path}: attribute 'sample_count' is {sample_count}, more samples than this machine can index (their "
             f"labels and order alone need {sample_count * BYTES_PER_SAMPLE / 2**30:.0f} GiB, it has "
-            f"{memory / 2**30:.0f} GiB); expected the number of clips written to X, which declares {x.shape[0]} rows")
+            f"{memory / 2**30:.0f} GiB); expected the number of clips written to X, which declares {x_shape[0]} rows")
     for name in OPTIONAL_INDEX_DATASETS:
         if name in file:
-            _check_index_dataset(file, name, x.shape[0])
+            _check_index_dataset(file, name, x_shape[0])
     if not allow_unwritten:
         check_storage(file, int(sample_count), locking=locking)
     return DatasetInfo(
         path=path,
         sample_count=int(sample_count),
-        rows=x.shape[0],
-        clip_shape=tuple(x.shape[1:]),
-        dtype=native(x.dtype),  # what the reader gives: big-endian X is converted as it is read
+        rows=x_shape[0],
+        clip_shape=tuple(x_shape[1:]),
+        dtype=native(x_dtype),  # what the reader gives: big-endian X is converted as it is read
         classes=y.shape[1],
-        chunks=x.chunks,
-        compression=x.compression,
+        chunks=chunks,
+        compression=compression,
         file_bytes=os.path.getsize(path),
         has_groups="groups" in file,
         has_subset="subset" in file,
+        codec=codec,
     )
 
 

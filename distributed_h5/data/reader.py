@@ -16,13 +16,18 @@ never uses it. At open it looks at how ``X`` is stored and picks one method:
     Anything else (lzf, other filters, partial-clip chunks, virtual datasets, external raw
     storage): one h5py hyperslab read per run of consecutive indices, straight into the
     output array.
+``jpeg``
+    ``X`` in the JPEG layout (:mod:`distributed_h5.data.jpeg`): each run of needed frames is
+    read with ``os.preadv`` at offsets read once at open, and every frame decoded by
+    libjpeg-turbo (simplejpeg, without the GIL) in threads, straight into the output array;
+    a temporal window reads and decodes only its frames.
 
 When ``X`` lives in another file (an external link), the byte methods read that file:
 offsets are always taken from, and read from, the file that holds the dataset. At open,
 a few clips (the first, the last and some spread between, :func:`dataset.probe_indices`)
 are read through h5py, which catches unreadable chunks and filters early, and the byte
 methods must give the same bytes for them or the reader falls back to ``hdf5``. Labels
-are loaded once as class indices (4 bytes per sample). Imports h5py and numpy only.
+are loaded once as class indices (4 bytes per sample). Imports h5py, numpy and the JPEG decoder only.
 
 :meth:`BatchReader.read_windows` reads a temporal window of each clip (its own start per
 clip) through the same method, reading only the window's bytes where the layout allows
@@ -38,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 
+from . import jpeg
 from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, probe_indices, read_clips, read_labels,
                       validate)
 
@@ -81,6 +87,7 @@ class BatchReader:
         self._file = open_file(path, locking=locking)
         self._fd = None
         self._pool = None
+        self._jpeg = None
         self.threads = 1
         try:
             self.info: DatasetInfo = validate(self._file, allow_unwritten=allow_unwritten, locking=locking)
@@ -89,20 +96,27 @@ class BatchReader:
             # The file that holds X's bytes: another one when X is an external link.
             self.data_path = self._x.file.filename
             self._data_bytes = os.path.getsize(self.data_path)
-            # info.dtype is native; the byte methods read the file's bytes, so a big-endian X is swapped after them.
-            self._swap = self._x.dtype.byteorder not in ("=", "|", NATIVE)
             self._float = self.info.dtype.kind == "f"
-            self.method = self._choose_method()
             probe = probe_indices(self.info.sample_count)
-            expected = read_clips(self._file, probe)  # DatasetError if h5py cannot read them
-            if self.method != "hdf5":
-                self._fd = os.open(self.data_path, os.O_RDONLY)
-                if not self._byte_method_agrees(probe, expected):
-                    self.method = "hdf5"
+            if self.info.codec == "jpeg":  # frames read with pread and decoded in its own threads
+                self._swap = False
+                self.method = "jpeg"
+                self._jpeg = self._decoding(lambda: jpeg.JpegClips(path, threads=threads, locking=locking))
+                read_clips(self._file, probe)  # every frame of the probed clips decodes (DatasetError if not)
+                self.threads = threads
+            else:
+                # info.dtype is native; the byte methods read the file's bytes, so a big-endian X is swapped after them.
+                self._swap = self._x.dtype.byteorder not in ("=", "|", NATIVE)
+                self.method = self._choose_method()
+                expected = read_clips(self._file, probe)  # DatasetError if h5py cannot read them
+                if self.method != "hdf5":
+                    self._fd = os.open(self.data_path, os.O_RDONLY)
+                    if not self._byte_method_agrees(probe, expected):
+                        self.method = "hdf5"
         except BaseException:
             self.close()
             raise
-        if self.method != "hdf5" and threads > 1:  # the hdf5 method holds h5py's lock: threads cannot help
+        if self.method in ("pread", "pread+inflate") and threads > 1:  # hdf5 holds h5py's lock: threads cannot help
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="distributed_h5-read")
             self.threads = threads
 
@@ -252,6 +266,9 @@ class BatchReader:
         self._check_indices(indices)
         if frames == stored:  # the whole clip: the batch read, adjacent clips in one request
             self._read_x(indices, out.reshape(indices.size, *self.info.clip_shape))
+        elif self.method == "jpeg":  # only the window's frames are read and decoded
+            taken = starts[:, None] + stride * np.arange(frames)
+            self._decoding(lambda: self._jpeg.read(indices, out, frames=taken))
         elif self.method == "pread":
             self._pread_windows(indices, starts, frames, stride, out)
         elif self.method == "hdf5":
@@ -311,7 +328,17 @@ class BatchReader:
         for begin, offset, size in pieces:
             self._pread(memoryview(flat[begin : begin + size]), offset)
 
+    @staticmethod
+    def _decoding(work):
+        """``work()``, with the JPEG layer's one-line ValueError (a frame named) as a DatasetError."""
+        try:
+            return work()
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from exc
+
     def _read_x(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.method == "jpeg":
+            return self._decoding(lambda: self._jpeg.read(indices, out))
         if self.method == "hdf5":
             starts, ends = _runs(indices, 1)
             try:
@@ -381,6 +408,9 @@ class BatchReader:
 
     # --- lifetime ----------------------------------------------------------------------
     def close(self) -> None:
+        if self._jpeg is not None:
+            self._jpeg.close()
+            self._jpeg = None
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None

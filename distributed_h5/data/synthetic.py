@@ -16,10 +16,12 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from . import jpeg
 from .outputs import check_output
 
 CHUNKINGS = ("clip", "none")
 COMPRESSIONS = ("none", "gzip", "lzf")
+CODECS = ("raw", "jpeg")  # X as stored clips (any of COMPRESSIONS), or JPEG frames (data/jpeg.py)
 BLOCK_BYTES = 64 << 20  # clips generated and written at a time, so memory stays bounded
 
 
@@ -62,6 +64,9 @@ def make_synthetic(
     seed: int = 0,
     sample_count: int | None = None,
     progress: bool = True,
+    codec: str = "raw",
+    quality: int = jpeg.DEFAULT_QUALITY,
+    subsampling: str = jpeg.DEFAULT_SUBSAMPLING,
 ) -> Path:
     """Write a synthetic dataset to ``path`` and return it.
 
@@ -77,6 +82,10 @@ def make_synthetic(
         compression: ``"none"``, ``"gzip"`` or ``"lzf"``; needs ``chunks="clip"``.
         seed: makes the file reproducible.
         sample_count: the ``sample_count`` attribute (default: ``samples``).
+        codec: ``"raw"`` (default) or ``"jpeg"``: every frame a JPEG of ``quality`` (1-100,
+            default 90) and chroma ``subsampling`` (``"444"`` default, or ``"420"``); see
+            :mod:`distributed_h5.data.jpeg`. JPEG is lossy: :func:`clip_index`'s pixels do not
+            survive it, so its clips do not carry their index.
 
     Example:
         >>> make_synthetic("demo.h5", samples=64, frames=8, size=(32, 32))  # doctest: +SKIP
@@ -92,6 +101,11 @@ def make_synthetic(
         raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
     if compression != "none" and chunks == "none":
         raise ValueError(f"compression={compression!r} needs chunked storage; use chunks='clip'")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}. Received: codec={codec!r}")
+    if codec == "jpeg" and compression != "none":
+        raise ValueError(f"codec='jpeg' stores JPEG frames, which compression={compression!r} cannot apply to; "
+                         "use compression='none'")
     sample_count = samples if sample_count is None else sample_count
     if not 1 <= sample_count <= samples:
         raise ValueError(f"sample_count must be in [1, {samples}]. Received: sample_count={sample_count!r}")
@@ -103,13 +117,19 @@ def make_synthetic(
     partial = path.with_name(path.name + ".partial")
     try:
         with h5py.File(partial, "w") as file:
-            x = file.create_dataset(
-                "X",
-                shape=(samples, *clip_shape),
-                dtype=np.uint8,
-                chunks=(1, *clip_shape) if chunks == "clip" else None,
-                compression=None if compression == "none" else compression,
-            )
+            if codec == "jpeg":  # frames encoded in threads; X appears, contiguous, when all are written
+                x = jpeg.JpegWriter(file, clip_shape, quality=quality, subsampling=subsampling, samples=samples,
+                                    threads=jpeg.default_threads())
+                write = lambda rows, clips: x.extend(clips)  # noqa: E731  (rows come in order)
+            else:
+                x = file.create_dataset(
+                    "X",
+                    shape=(samples, *clip_shape),
+                    dtype=np.uint8,
+                    chunks=(1, *clip_shape) if chunks == "clip" else None,
+                    compression=None if compression == "none" else compression,
+                )
+                write = x.__setitem__
             y = file.create_dataset("Y", shape=(samples, classes), dtype=np.uint8)
             label_block = max(1, BLOCK_BYTES // classes)  # one-hot rows built per block: never a classes**2 identity
             for start in range(0, samples, label_block):
@@ -121,9 +141,11 @@ def make_synthetic(
                 for start in range(0, samples, block):
                     stop = min(start + block, samples)
                     rng = np.random.default_rng((seed, 1, start))
-                    x[start:stop] = make_clips(np.arange(start, stop), labels[start:stop], frames=frames,
-                                               channels=channels, size=size, classes=classes, rng=rng)
+                    write(slice(start, stop), make_clips(np.arange(start, stop), labels[start:stop], frames=frames,
+                                                         channels=channels, size=size, classes=classes, rng=rng))
                     bar.update(stop - start)
+            if codec == "jpeg":
+                x.close()
             file.attrs["sample_count"] = np.int64(sample_count)
             file.attrs["generator"] = "distributed_h5.synthetic"
         os.replace(partial, path)

@@ -13,8 +13,8 @@ import simplejpeg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distributed_h5 import jpeg
-from distributed_h5.jpeg import JpegClips, JpegWriter, encode_clip, is_jpeg_x, validate_jpeg_x, write_jpeg_x
+from distributed_h5.data import jpeg
+from distributed_h5.data.jpeg import JpegClips, JpegWriter, encode_clip, is_jpeg_x, validate_jpeg_x, write_jpeg_x
 
 FRAMES, SIZE = 4, 32
 MARK = 8  # frame (i, t) carries a flat 16x16 block of level MARK * (i * FRAMES + t): its own index, after JPEG

@@ -60,7 +60,7 @@ def is_jpeg_x(obj) -> bool:
     return isinstance(obj, h5py.Group) and obj.attrs.get("codec") == CODEC
 
 
-def _check_options(quality, subsampling) -> None:
+def check_options(quality, subsampling) -> None:
     if not isinstance(quality, (int, np.integer)) or isinstance(quality, bool) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an integer in [1, 100]. Received: quality={quality!r}")
     if subsampling not in SUBSAMPLINGS:
@@ -84,7 +84,7 @@ def encode_clip(clip: np.ndarray, quality: int = DEFAULT_QUALITY,
         >>> len(frames), frames[0][:2]
         (16, b'\\xff\\xd8')
     """
-    _check_options(quality, subsampling)
+    check_options(quality, subsampling)
     clip = np.asarray(clip)
     if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[1] not in CHANNELS:
         raise ValueError("clip must be a uint8 array (frames, channels, rows, cols) with 1 or 3 channels. "
@@ -122,7 +122,7 @@ class JpegWriter:
     def __init__(self, file: h5py.Group, clip_shape: Sequence[int], *, quality: int = DEFAULT_QUALITY,
                  subsampling: str = DEFAULT_SUBSAMPLING, samples: int | None = None, name: str = "X",
                  threads: int = 1, scratch_dir: str | os.PathLike | None = None):
-        _check_options(quality, subsampling)
+        check_options(quality, subsampling)
         self.clip_shape = _check_clip_shape(clip_shape)
         if samples is not None and (not isinstance(samples, (int, np.integer)) or samples < 0):
             raise ValueError(f"samples must be None or an integer >= 0. Received: samples={samples!r}")
