@@ -10,7 +10,7 @@ and 4:2:0) with simplejpeg, and every decoder decodes the same bytes. Decoders t
 installed are skipped: simplejpeg, PyTurboJPEG (needs libturbojpeg), OpenCV, Pillow. The
 measurements alternate between decoders, round by round, so a loaded machine loads them
 alike; the table gives medians and ratios to simplejpeg. The last rows time the product
-path (:class:`distributed_h5.jpeg.JpegClips` on a file written by ``JpegWriter``) and the
+path (:class:`distributed_h5.data.jpeg.JpegClips` on a file written by ``JpegWriter``) and the
 cost of writing (encoding vs the copy into the contiguous dataset at close).
 
 "GIL-free" is the rate a pure-Python loop keeps while another thread is inside one long
@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import simplejpeg
 
-from distributed_h5.jpeg import JpegClips, JpegWriter, encode_clip
+from distributed_h5.data.jpeg import JpegClips, JpegWriter, encode_clip
 
 FRAMES, SIZE = 16, 112
 
