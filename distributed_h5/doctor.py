@@ -104,7 +104,19 @@ def check_jax() -> Finding:
         devices = jax.devices()
     except Exception as exc:  # a broken jaxlib raises many types
         return Finding("jax", False, f"installed but broken: {type(exc).__name__}: {exc}")
-    return Finding("jax", True, f"{jax.__version__}, devices: {', '.join(sorted({d.platform for d in devices}))}")
+    return Finding("jax", True, f"{jax.__version__}, devices: {jax_devices(devices)}")
+
+
+def jax_devices(devices) -> str:
+    """``2 gpu (NVIDIA H200), 1 cpu``: JAX's devices by platform, with the accelerators' kind."""
+    counts: dict[str, list] = {}
+    for device in devices:
+        counts.setdefault(device.platform, []).append(device)
+    parts = []
+    for platform, found in sorted(counts.items()):
+        kinds = sorted({getattr(d, "device_kind", "") for d in found} - {""}) if platform != "cpu" else []
+        parts.append(f"{len(found)} {platform}" + (f" ({', '.join(kinds)})" if kinds else ""))
+    return ", ".join(parts)
 
 
 def check_locking(folder: str) -> Finding:

@@ -11,7 +11,7 @@
 #   DH5_TF_SPEC     TensorFlow requirement                (default: tensorflow-cpu==2.21.*,
 #                   or tensorflow[and-cuda]==2.21.* when nvidia-smi finds a GPU)
 #   DH5_JAX_SPEC    JAX requirement, for the jax engine   (default: jax==0.10.*,
-#                   or jax[cuda12]==0.10.* when nvidia-smi finds a GPU)
+#                   or jax[cuda12|cuda13]==0.10.* by the CUDA version nvidia-smi reports)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,7 +64,13 @@ fi
 # numpy and ml_dtypes, and pip resolves both together.
 if [[ -z ${DH5_JAX_SPEC:-} ]]; then
     if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-        DH5_JAX_SPEC='jax[cuda12]==0.10.*'
+        # The CUDA major version the driver supports picks JAX's CUDA wheels (13 needs a 580+ driver).
+        cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\).*/\1/p' | head -n 1)
+        if [[ ${cuda:-0} -ge 13 ]]; then
+            DH5_JAX_SPEC='jax[cuda13]==0.10.*'
+        else
+            DH5_JAX_SPEC='jax[cuda12]==0.10.*'
+        fi
     else
         DH5_JAX_SPEC='jax==0.10.*'
     fi

@@ -305,13 +305,14 @@ def _tfdata_loader(config: Config, info, batches):
     def generate():
         with h5py.File(config.file, "r", locking=False) as file:
             x, labels = file["X"], np.argmax(file["Y"][: info.sample_count], axis=1)
-            eye = np.eye(info.classes, dtype=np.float32)
             for batch in batches:
                 # One read per clip: on a file chunked by clip it is far faster than fancy indexing.
                 out = np.empty((batch.size, *info.clip_shape), dtype=info.dtype)
                 for row, index in enumerate(batch):
                     x.read_direct(out, np.s_[index : index + 1], np.s_[row : row + 1])
-                yield out, eye[labels[batch]]
+                one_hot = np.zeros((batch.size, info.classes), dtype=np.float32)  # per batch: no classes**2 identity
+                one_hot[np.arange(batch.size), labels[batch]] = 1
+                yield out, one_hot
 
     signature = (tf.TensorSpec((config.batch_size, *info.clip_shape), tf.as_dtype(info.dtype)),
                  tf.TensorSpec((config.batch_size, info.classes), tf.float32))

@@ -94,3 +94,14 @@ def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, command):
         f"distributed-h5 {command}: error: output {out} exists and is not a regular file; expected a file path (it is "
         "written under a temporary name and renamed over OUT)\n"))
     assert out.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["fifo.h5", "videos"]
+
+
+def test_doctor_names_jax_devices_by_platform_with_the_accelerators_kind():
+    from types import SimpleNamespace
+
+    from distributed_h5.doctor import jax_devices
+
+    gpu = SimpleNamespace(platform="gpu", device_kind="NVIDIA H200")
+    cpu = SimpleNamespace(platform="cpu", device_kind="cpu")
+    assert jax_devices([gpu, gpu, cpu]) == "1 cpu, 2 gpu (NVIDIA H200)"
+    assert jax_devices([cpu]) == "1 cpu"
