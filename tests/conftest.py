@@ -15,6 +15,7 @@ LAYOUTS = {
     "clip-chunks": dict(chunks="clip", compression="none"),
     "gzip": dict(chunks="clip", compression="gzip"),
     "lzf": dict(chunks="clip", compression="lzf"),
+    "zstd": dict(chunks="clip", compression="zstd"),
 }
 
 

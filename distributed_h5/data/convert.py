@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from ..engines import launcher as runtime
 from . import jpeg
-from .synthetic import CODECS
+from .synthetic import CHUNKINGS, CODECS, COMPRESSIONS, compression_options
 from .outputs import check_output, printable
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
@@ -510,12 +510,12 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
     frames, (rows, cols), channels = options["frames"], options["size"], options["channels"]
     partial = out.with_name(out.name + ".partial")
     chunks = (1, frames, channels, rows, cols) if options["chunks"] == "clip" else None
-    compression = None if options["compression"] == "none" else options["compression"]
+    compressed = options["compression"] != "none"
     jpeg_frames = options["codec"] == "jpeg"
     if jpeg_frames:  # the parts' JPEG bytes, summed: what the join writes
         data_bytes = sum(_part_jpeg_bytes(part) for part in parts)
     else:  # compressed, the size is not known before writing; the reservation then covers only the rest
-        data_bytes = total * frames * channels * rows * cols if compression is None else 0
+        data_bytes = 0 if compressed else total * frames * channels * rows * cols
     _reserve(partial, data_bytes, total)
     with _removed_on_failure(partial), h5py.File(partial, "w") as file:
         if jpeg_frames:
@@ -523,7 +523,7 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
                                 subsampling=options["subsampling"], samples=total)
         else:
             x = file.create_dataset("X", shape=(total, frames, channels, rows, cols), dtype=np.uint8,
-                                    chunks=chunks, compression=compression)
+                                    chunks=chunks, **compression_options(options["compression"]))
         labels = np.array([videos[i].label for i in index])
         one_hot = np.zeros((total, len(class_names)), dtype=np.uint8)  # per row: no classes**2 identity
         one_hot[np.arange(total), labels] = 1
@@ -586,8 +586,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
     if fit not in FITS or short not in SHORT_POLICIES:
         raise ValueError(f"fit must be one of {FITS} and short one of {SHORT_POLICIES}. Received: {fit!r}, {short!r}")
-    if chunks not in ("clip", "none") or compression not in ("none", "gzip", "lzf"):
-        raise ValueError(f"chunks must be clip|none and compression none|gzip|lzf. Received: {chunks!r}, {compression!r}")
+    if chunks not in CHUNKINGS or compression not in COMPRESSIONS:
+        raise ValueError(f"chunks must be one of {CHUNKINGS} and compression one of {COMPRESSIONS}. "
+                         f"Received: {chunks!r}, {compression!r}")
     if compression != "none" and chunks == "none":
         raise ValueError(f"compression={compression!r} needs chunks='clip'")
     if codec not in CODECS:

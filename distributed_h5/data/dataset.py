@@ -34,6 +34,7 @@ import stat
 from dataclasses import dataclass
 
 import h5py
+import hdf5plugin  # noqa: F401  (registers Zstandard and the other filters with HDF5, for reads through h5py)
 import numpy as np
 
 from . import jpeg

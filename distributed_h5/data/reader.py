@@ -9,9 +9,10 @@ never uses it. At open it looks at how ``X`` is stored and picks one method:
     clip is known from the dataset's address (or its chunk table, read once), so a batch
     is a few ``os.preadv`` calls straight into the output array, one per run of clips
     adjacent on disk, spread over threads. No HDF5 call, no lock, no copy.
-``pread+inflate``
-    Gzip-compressed ``X`` (optionally with the shuffle filter) chunked one clip per chunk:
-    raw chunks are read the same way and inflated by ``zlib`` in threads (it releases the GIL).
+``pread+inflate``, ``pread+zstd``
+    Gzip- or Zstandard-compressed ``X`` (``hdf5plugin``'s zstd filter; optionally with the
+    shuffle filter) chunked one clip per chunk: raw chunks are read the same way and
+    decompressed by ``zlib`` or ``zstandard`` in threads (both release the GIL).
 ``hdf5``
     Anything else (lzf, other filters, partial-clip chunks, virtual datasets, external raw
     storage): one h5py hyperslab read per run of consecutive indices, straight into the
@@ -50,6 +51,19 @@ from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, pro
 NATIVE = "<" if np.little_endian else ">"
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
 FILTER_SHUFFLE = h5py.h5z.FILTER_SHUFFLE
+FILTER_ZSTD = 32015  # hdf5plugin's Zstandard filter (HDF Group's registered id)
+# Chunks the reader decompresses itself, in its threads, by filter: what each chunk's bytes are.
+DECOMPRESSORS = {FILTER_DEFLATE: "zlib", FILTER_ZSTD: "zstd"}
+
+
+def _zlib_decompress(raw: bytearray, size: int) -> bytes:
+    return zlib.decompress(raw)
+
+
+def _zstd_decompress(raw: bytearray, size: int) -> bytes:
+    import zstandard  # releases the GIL while it decompresses, as zlib does
+
+    return zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
 
 
 def default_threads() -> int:
@@ -116,7 +130,7 @@ class BatchReader:
         except BaseException:
             self.close()
             raise
-        if self.method in ("pread", "pread+inflate") and threads > 1:  # hdf5 holds h5py's lock: threads cannot help
+        if self.method in ("pread", "pread+inflate", "pread+zstd") and threads > 1:  # hdf5 holds h5py's lock: threads cannot help
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="distributed_h5-read")
             self.threads = threads
 
@@ -147,8 +161,10 @@ class BatchReader:
         self._clips_per_chunk = self._x.chunks[0]
         if filters == []:
             method = "pread"
-        elif filters in ([FILTER_DEFLATE], [FILTER_SHUFFLE, FILTER_DEFLATE]) and self._clips_per_chunk == 1:
-            method = "pread+inflate"
+        elif (len(filters) in (1, 2) and filters[-1] in DECOMPRESSORS and filters[:-1] in ([], [FILTER_SHUFFLE])
+              and self._clips_per_chunk == 1):
+            method = "pread+inflate" if filters[-1] == FILTER_DEFLATE else "pread+zstd"
+            self._decompress = _zlib_decompress if filters[-1] == FILTER_DEFLATE else _zstd_decompress
             self._shuffled = FILTER_SHUFFLE in filters
         else:
             return "hdf5"
@@ -397,9 +413,10 @@ class BatchReader:
             raw = bytearray(int(self._chunk_sizes[chunk]))
             self._pread(memoryview(raw), int(self._chunk_offsets[chunk]))
             try:
-                clip = np.frombuffer(zlib.decompress(raw), dtype=np.uint8)
-            except zlib.error as exc:
-                raise DatasetError(f"{self._where()}: chunk {chunk} of 'X' does not inflate (corrupt?): {exc}") from exc
+                clip = np.frombuffer(self._decompress(raw, self.info.clip_bytes), dtype=np.uint8)
+            except Exception as exc:  # zlib.error, zstandard.ZstdError: the chunk's bytes are not what its filter wrote
+                what = "inflate" if self.method == "pread+inflate" else "decompress (zstd)"
+                raise DatasetError(f"{self._where()}: chunk {chunk} of 'X' does not {what} (corrupt?): {exc}") from exc
             if clip.size != self.info.clip_bytes:
                 raise DatasetError(f"{self._where()}: chunk {chunk} of 'X' inflates to {clip.size} bytes, expected {self.info.clip_bytes}")
             if self._shuffled and itemsize > 1:  # HDF5's shuffle stores byte k of every element together

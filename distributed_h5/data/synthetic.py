@@ -20,9 +20,18 @@ from . import jpeg
 from .outputs import check_output
 
 CHUNKINGS = ("clip", "none")
-COMPRESSIONS = ("none", "gzip", "lzf")
+COMPRESSIONS = ("none", "gzip", "lzf", "zstd")  # zstd: hdf5plugin's filter, level 3
 CODECS = ("raw", "jpeg")  # X as stored clips (any of COMPRESSIONS), or JPEG frames (data/jpeg.py)
 BLOCK_BYTES = 64 << 20  # clips generated and written at a time, so memory stays bounded
+
+
+def compression_options(compression: str) -> dict:
+    """h5py's ``create_dataset`` arguments for one of :data:`COMPRESSIONS`."""
+    if compression == "zstd":
+        import hdf5plugin
+
+        return dict(hdf5plugin.Zstd(clevel=3))
+    return {"compression": None if compression == "none" else compression}
 
 
 def clip_index(clips: np.ndarray) -> np.ndarray:
@@ -79,7 +88,8 @@ def make_synthetic(
         frames, channels, size: clip shape (frames, channels, rows, cols) with size = (rows, cols).
         classes: number of classes (directions of motion).
         chunks: ``"clip"`` (one clip per HDF5 chunk) or ``"none"`` (contiguous).
-        compression: ``"none"``, ``"gzip"`` or ``"lzf"``; needs ``chunks="clip"``.
+        compression: ``"none"``, ``"gzip"``, ``"lzf"`` or ``"zstd"`` (lossless, hdf5plugin's filter,
+            decoded in the reader's threads); needs ``chunks="clip"``.
         seed: makes the file reproducible.
         sample_count: the ``sample_count`` attribute (default: ``samples``).
         codec: ``"raw"`` (default) or ``"jpeg"``: every frame a JPEG of ``quality`` (1-100,
@@ -127,7 +137,7 @@ def make_synthetic(
                     shape=(samples, *clip_shape),
                     dtype=np.uint8,
                     chunks=(1, *clip_shape) if chunks == "clip" else None,
-                    compression=None if compression == "none" else compression,
+                    **compression_options(compression),
                 )
                 write = x.__setitem__
             y = file.create_dataset("Y", shape=(samples, classes), dtype=np.uint8)

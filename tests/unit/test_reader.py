@@ -3,6 +3,7 @@
 import hashlib
 
 import h5py
+import hdf5plugin
 import numpy as np
 import pytest
 
@@ -10,7 +11,8 @@ from distributed_h5 import DatasetError
 from distributed_h5.reader import BatchReader
 from distributed_h5.synthetic import clip_index
 
-EXPECTED_METHOD = {"contiguous": "pread", "clip-chunks": "pread", "gzip": "pread+inflate", "lzf": "hdf5"}
+EXPECTED_METHOD = {"contiguous": "pread", "clip-chunks": "pread", "gzip": "pread+inflate", "lzf": "hdf5",
+                   "zstd": "pread+zstd"}
 BATCHES = [
     [0, 1, 2, 3],  # one run on disk
     [5, 9, 10, 11, 40, 196],  # runs and singletons, up to the last sample in use
@@ -48,6 +50,7 @@ def write_layout(path, data, **kwargs):
         (dict(chunks=(3, 2, 1, 4, 5)), "pread"),  # several clips per chunk, a partial last chunk
         (dict(chunks=(1, 1, 1, 4, 5)), "hdf5"),  # chunks smaller than a clip
         (dict(chunks=(1, 2, 1, 4, 5), compression="gzip", shuffle=True), "pread+inflate"),
+        (dict(chunks=(1, 2, 1, 4, 5), shuffle=True, **hdf5plugin.Zstd(clevel=3)), "pread+zstd"),
         (dict(chunks=(2, 2, 1, 4, 5), compression="gzip"), "hdf5"),
         (dict(chunks=(1, 2, 1, 4, 5), fletcher32=True), "hdf5"),
     ],
@@ -295,3 +298,18 @@ def test_big_endian_clips_are_read_as_native_values(tmp_path, kwargs, method):
         np.testing.assert_array_equal(windows, np.stack([data[1, 0:4:2], data[6, 1:4:2]]))
         whole, _ = reader.read_windows(np.array([2, 5]), np.array([0, 0]), frames=4)
         np.testing.assert_array_equal(whole, data[[2, 5]])
+
+
+def test_a_corrupt_zstd_chunk_is_one_line_naming_it(files, tmp_path):
+    broken = tmp_path / "zstd.h5"
+    broken.write_bytes(files["zstd"].read_bytes())
+    with h5py.File(broken, "r") as file:
+        chunk = file["X"].id.get_chunk_info_by_coord((50, 0, 0, 0, 0))  # clip 50 is not among the probed clips
+    with open(broken, "r+b") as handle:
+        handle.seek(chunk.byte_offset)
+        handle.write(b"\xff" * chunk.size)
+    with BatchReader(broken, threads=2) as reader:
+        assert reader.method == "pread+zstd"
+        with pytest.raises(DatasetError) as failed:
+            reader.read(np.array([49, 50]))
+    assert str(failed.value).startswith(f"{broken}: chunk 50 of 'X' does not decompress (zstd) (corrupt?): ")
