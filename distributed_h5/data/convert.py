@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import hashlib
 import json
 import os
@@ -50,6 +51,10 @@ from .synthetic import CHUNKINGS, CODECS, COMPRESSIONS, compression_options
 from .outputs import check_output, printable
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
+# A folder of frame images is a video too (mmaction2's "rawframes": SRC/<class>/<video>/img_00001.jpg ...),
+# its frames in the order of the numbers in their names.
+FRAME_SUFFIXES = {".jpg", ".jpeg", ".png"}
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
 PART_VIDEOS = 16  # videos per part file: the unit of work and of resume
 FITS = ("crop", "pad")
 SHORT_POLICIES = ("pad", "skip")
@@ -71,9 +76,10 @@ class Video:
 
 @dataclass
 class Clip:
-    frames: np.ndarray  # (frames, channels, rows, cols) uint8
+    frames: np.ndarray | None  # (frames, channels, rows, cols) uint8; None when ``encoded`` holds them
     frame_count: int
-    frame_rate: float
+    frame_rate: float  # 0 when the source does not say (a folder of frames)
+    encoded: list[bytes] | None = None  # JPEG frames taken as they are (rawframes that already fit)
 
 
 @dataclass
@@ -138,10 +144,30 @@ def _scan(folder: Path, source: Path, problems: list[tuple[str, str]]) -> list[P
         if kind == "skipped":
             problems.append((printable(str(path.relative_to(source))), reason))
         elif kind == "dir":
-            found += _scan(path, source, problems)
+            found += [path] if _holds_frames(path) else _scan(path, source, problems)
         elif kind == "file" and path.suffix.lower() in VIDEO_SUFFIXES:
             found.append(path)
     return found
+
+
+def _holds_frames(folder: Path) -> bool:
+    """Whether ``folder`` is a video as a folder of frame images (any image file directly in it)."""
+    try:
+        return any(entry.is_file() and Path(entry.name).suffix.lower() in FRAME_SUFFIXES
+                   for entry in os.scandir(folder))
+    except OSError:
+        return False  # _scan lists it as a folder that cannot be read
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The frame images of a rawframes folder, in the order of the numbers in their names
+    (``img_2.jpg`` before ``img_10.jpg``), then by name."""
+    def key(path: Path):
+        numbers = re.findall(r"\d+", path.stem)
+        return (int(numbers[-1]) if numbers else -1, path.name)
+
+    return sorted((Path(entry.path) for entry in os.scandir(folder)
+                   if entry.is_file() and Path(entry.name).suffix.lower() in FRAME_SUFFIXES), key=key)
 
 
 def list_videos(source: str | os.PathLike, classes_from: str = "folders") -> Listing:
@@ -332,18 +358,64 @@ def _decode_pass(path, *, frames: int, size: tuple[int, int], channels: int, fit
     return count, assumed, rate, kept
 
 
+def _decode_frames(folder: Path, *, frames: int, size: tuple[int, int], channels: int, fit: str, short: str,
+                   keep_jpeg: bool) -> Clip:
+    """A clip from a folder of frame images: ``frames`` of them sampled as from a video. With
+    ``keep_jpeg``, JPEG frames whose header already gives ``size`` and ``channels`` are taken
+    as they are, bytes and all (no decode, no re-encode); any other frame is decoded and fitted."""
+    import simplejpeg
+    from PIL import Image
+
+    files = frame_files(folder)
+    if not files:
+        raise VideoError("no frames")
+    if len(files) < frames and short == "skip":
+        raise VideoError(f"{len(files)} frames, fewer than {frames}")
+    chosen = [files[i] for i in sample_positions(len(files), frames)]
+    try:
+        data = [path.read_bytes() for path in chosen]
+    except OSError as exc:
+        raise VideoError(f"a frame cannot be read: {exc}") from exc
+    if keep_jpeg and all(path.suffix.lower() in JPEG_SUFFIXES for path in chosen):
+        try:
+            headers = [simplejpeg.decode_jpeg_header(frame) for frame in data]
+        except ValueError:
+            headers = []
+        fits = all((height, width) == tuple(size) and (colorspace == "Gray") == (channels == 1)
+                   for height, width, colorspace, _ in headers)
+        if headers and fits:
+            return Clip(None, len(files), 0.0, encoded=data)
+    images = []
+    for path, frame in zip(chosen, data):
+        try:
+            with Image.open(io.BytesIO(frame)) as image:
+                image = image.convert("RGB" if channels == 3 else "L")
+                height, width = _scaled_size(image.height, image.width, size, fit)
+                scaled = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+        except Exception as exc:  # Pillow raises many types for a broken image
+            raise VideoError(f"frame {path.name} cannot be decoded: {type(exc).__name__}: {exc}") from exc
+        images.append(_fit(scaled.reshape(height, width, channels), size, fit))
+    clip = np.stack(images).transpose(0, 3, 1, 2)
+    return Clip(np.ascontiguousarray(clip), len(files), 0.0)
+
+
 def decode(path: str | os.PathLike, *, frames: int, size: tuple[int, int], channels: int = 3, fit: str = "crop",
-           short: str = "pad") -> Clip:
+           short: str = "pad", keep_jpeg: bool = False) -> Clip:
     """``frames`` frames sampled uniformly over the video at ``path`` (:func:`sample_positions`), fitted to ``size``.
 
     Memory stays at one clip whatever the video's length: only the sampled frames are
     scaled and kept. Their positions come from the container's frame count; when it has
     none or it is wrong, the video is decoded a second time with the count the first pass found.
 
+    ``path`` may be a folder of frame images (mmaction2's rawframes): see :func:`_decode_frames`;
+    ``keep_jpeg`` then takes JPEG frames that already fit as they are (``Clip.encoded``).
+
     Raises :class:`VideoError` for a video that cannot be decoded, has no frames, or (with
     ``short="skip"``) has fewer than ``frames``.
     """
     options = dict(frames=frames, size=size, channels=channels, fit=fit)
+    if Path(path).is_dir():  # a folder of frames
+        return _decode_frames(Path(path), short=short, keep_jpeg=keep_jpeg, **options)
     try:
         count, assumed, rate, kept = _decode_pass(path, **options)
         if count and count != assumed:
@@ -468,11 +540,13 @@ def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options
         for number, video in videos:
             try:
                 clip = decode(root / video.path, frames=frames, size=(rows, cols), channels=channels,
-                              fit=options["fit"], short=options["short"])
+                              fit=options["fit"], short=options["short"], keep_jpeg=jpeg_frames)
             except VideoError as exc:
                 failures.append((video.path, str(exc)))
             else:
-                if jpeg_frames:
+                if jpeg_frames and clip.encoded is not None:
+                    writer.append_encoded(clip.encoded)  # rawframes that already fit: their bytes as they are
+                elif jpeg_frames:
                     writer.append(clip.frames)
                 else:
                     x.resize(len(index) + 1, axis=0)

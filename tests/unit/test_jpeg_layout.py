@@ -121,3 +121,43 @@ def test_training_and_evaluate_read_the_same_decoded_pixels(files, tmp_path):
     values = dict(part.split("=") for part in scored.stdout.split())
     assert float(values["val_loss"]) == pytest.approx(record["metrics"]["val_loss"], rel=1e-6)
     assert float(values["val_accuracy"]) == record["metrics"]["val_accuracy"]
+
+
+def write_rawframes(root, frames=12, size=(24, 32)):
+    """mmaction2's rawframes: SRC/<class>/<video>/img_00001.jpg ..., 4:2:0 JPEGs as ffmpeg writes them."""
+    import simplejpeg
+
+    for name, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        for video in range(2):
+            folder = root / name / f"video{video}"
+            folder.mkdir(parents=True)
+            for t in range(1, frames + 1):
+                image = np.zeros((*size, 3), np.uint8)
+                image[:] = colour
+                image[:, (2 * t) % 24 : (2 * t) % 24 + 6] = 255
+                (folder / f"img_{t:05d}.jpg").write_bytes(simplejpeg.encode_jpeg(image, quality=85,
+                                                                                  colorsubsampling="420"))
+
+
+def test_rawframes_folders_convert_and_jpeg_frames_that_fit_are_copied_as_they_are(tmp_path):
+    from distributed_h5.data.convert import convert
+
+    write_rawframes(tmp_path / "frames")
+    summary = convert(tmp_path / "frames", tmp_path / "copied.h5", frames=4, size=(24, 32), codec="jpeg",
+                      progress=False)
+    assert (summary.converted, summary.failed, summary.unlisted) == (4, [], [])
+    convert(tmp_path / "frames", tmp_path / "raw.h5", frames=4, size=(24, 32), progress=False)
+    convert(tmp_path / "frames", tmp_path / "scaled.h5", frames=4, size=(12, 16), codec="jpeg", progress=False)
+    with h5py.File(tmp_path / "copied.h5", "r") as file:
+        assert [p.decode() for p in file["source_paths"][:]] == ["a/video0", "a/video1", "b/video0", "b/video1"]
+        assert file["frame_counts"][:].tolist() == [12] * 4
+        x = file["X"]
+        offsets = x["offsets"][:]
+        for t, frame in enumerate((1, 5, 8, 12)):  # sample_positions(12, 4): frames 0, 4, 7, 11
+            stored = x["bytes"][int(offsets[t]) : int(offsets[t + 1])].tobytes()
+            assert stored == (tmp_path / "frames" / "a" / "video0" / f"img_{frame:05d}.jpg").read_bytes()
+    everything = np.arange(4)
+    with BatchReader(tmp_path / "copied.h5") as copied, BatchReader(tmp_path / "raw.h5") as raw, \
+            BatchReader(tmp_path / "scaled.h5") as scaled:
+        np.testing.assert_array_equal(copied.read(everything)[0], raw.read(everything)[0])  # the same decode
+        assert scaled.read(everything)[0].shape == (4, 4, 3, 12, 16)  # decoded, fitted, encoded again
