@@ -59,7 +59,11 @@ bench-device: install
 	bash scripts/device-bench.sh $(if $(shell nvidia-smi -L 2>/dev/null),,--cpu)
 
 # Everything, then docs/BENCHMARKS.md from the results.
-bench: bench-io bench-scaling bench-au bench-models bench-engines
+# The clip codecs on real frames (raw, jpeg q90, zstd): size, PSNR, decode rate, AU warm and cold. About 15 minutes.
+bench-codecs: install
+	bash scripts/bench-codecs.sh
+
+bench: bench-io bench-scaling bench-au bench-models bench-engines bench-codecs
 	mkdir -p docs
 	cp bench-results/scaling.png docs/scaling.png
 	cp bench-results/au.png docs/au.png
