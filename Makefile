@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au bench-models bench-engines bench-device clean
+.PHONY: install install-test test test-unit test-parallel demo bench bench-io bench-scaling bench-au bench-models bench-engines bench-device bench-codecs clean
 
 install:
 	bash scripts/install.sh
