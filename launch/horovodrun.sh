@@ -17,7 +17,8 @@
 # without an NVIDIA GPU (Open MPI busy-polls, which took CPU ranks 3x longer) and to
 # Horovod's own choice otherwise. --network-interface: the interface the hosts reach each
 # other on (also HOROVOD_GLOO_IFACE); without it horovodrun probes every host's interfaces.
-# Prints the exact command it runs.
+# Prints the exact command it runs. Exits 0 only when training finished; sent TERM, INT or HUP,
+# it stops horovodrun and every rank and exits 128 + the signal (143 for SIGTERM).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ranks=$(nproc)
@@ -76,4 +77,58 @@ if [[ -n $interface ]]; then
 fi
 command+=(distributed-h5 train "$data" "${train_flags[@]}" "$@")
 echo "+ DH5_TF_THREADS=$DH5_TF_THREADS ${command[*]}" >&2
-exec "${command[@]}"
+
+# horovodrun's exit status alone does not prove that training finished (it has been seen to
+# exit 0 after SIGTERM), and under --mpi horovodrun becomes `sh -c mpirun ...`, which SIGTERM
+# kills alone, leaving mpirun and the ranks running. So horovodrun runs here as a child in a
+# process group of its own: TERM, INT or HUP sent to this script (Ctrl-C, scancel, a time
+# limit) goes to that group, whatever the group still holds once horovodrun has ended is
+# stopped, and the run counts as finished only when rank 0 has printed its `summary:` line.
+work=$(mktemp -d "${TMPDIR:-/tmp}/dh5-horovodrun.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkfifo "$work/stdout"
+# The watcher passes horovodrun's output through and ignores those signals, so that what
+# horovodrun prints while it stops still gets through.
+(trap '' TERM INT HUP; exec awk -v finished="$work/finished" '{ print; fflush() }
+    /(^|<stdout>:)summary: / { printf "" > finished }' <"$work/stdout") &
+watcher=$!
+set -m  # the next background job gets a process group of its own
+"${command[@]}" >"$work/stdout" &
+runner=$!
+set +m
+stopped_by=""
+# shellcheck disable=SC2317  # run by the traps below
+stop() {
+    stopped_by=$1
+    kill -s "$1" -- "-$runner" 2>/dev/null || true
+}
+trap 'stop TERM' TERM
+trap 'stop INT' INT
+trap 'stop HUP' HUP
+# A trapped signal ends `wait` early; wait again until horovodrun itself has ended.
+until wait "$runner"; status=$?; ! kill -0 "$runner" 2>/dev/null; do :; done
+# What horovodrun's process group still holds a moment after it ended (mpirun, when the shell
+# that horovodrun --mpi became was killed) is stopped: TERM, then KILL 30 s later.
+for attempt in {1..64}; do
+    kill -0 -- "-$runner" 2>/dev/null || break
+    if ((attempt == 4)); then
+        echo "launch/horovodrun.sh: stopping what horovodrun left running" >&2
+        kill -TERM -- "-$runner" 2>/dev/null || true
+    fi
+    sleep 0.5
+done
+kill -KILL -- "-$runner" 2>/dev/null || true
+wait "$watcher" || true
+if [[ -f $work/finished ]] && ((status == 0)); then
+    exit 0
+fi
+if [[ -n $stopped_by ]]; then
+    echo "launch/horovodrun.sh: stopped by SIG$stopped_by before training finished" >&2
+    exit $((128 + $(kill -l "$stopped_by")))
+fi
+if ((status == 0)); then
+    echo "launch/horovodrun.sh: error: horovodrun exited 0 but rank 0 printed no summary line:" \
+        "training did not finish" >&2
+    status=1
+fi
+exit "$status"
