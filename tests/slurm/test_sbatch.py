@@ -10,7 +10,7 @@ import pytest
 
 from distributed_h5.synthetic import make_synthetic
 
-from .conftest import ROOT, sbatch, slurm_env
+from .conftest import ROOT, job_state, sbatch, slurm_env, wait_for
 
 SCRIPTS = sorted([*ROOT.glob("launch/*.sh"), *ROOT.glob("slurm/*.sbatch"), *ROOT.glob("scripts/*.sh"),
                   ROOT / ".ci" / "run", *ROOT.glob("tests/slurm/*.sh")])
@@ -78,3 +78,27 @@ def test_train_sbatch_with_the_jax_engine(cluster, data, tmp_path, monkeypatch):
     assert re.search(r"^summary: ranks=2 epochs=1 ", log, re.M), log[-3000:]
     record = json.loads(zipfile.ZipFile(tmp_path / "run" / "checkpoints" / "epoch-0001.keras").read("distributed_h5.json"))
     assert (record["config"]["engine"], record["config"]["ranks"]) == ("jax", 2)
+
+
+def test_scancel_while_training_leaves_a_job_that_did_not_succeed(cluster, data, tmp_path, monkeypatch):
+    """scancel while train.sbatch trains: SLURM sends SIGTERM to the batch shell and the ranks.
+    The shell passes it on to srun, waits until the ranks have ended and exits 143, so the job
+    records ExitCode=143:0 (not 0:15, a shell killed before its ranks ended, and never 0)."""
+    monkeypatch.setenv("DH5_ROOT", str(ROOT))
+    monkeypatch.setenv("DH5_RUN_DIR", str(tmp_path / "run"))
+    job = sbatch(cluster, "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--output=job-%j.out",
+                 ROOT / "slurm" / "train.sbatch", data, "--epochs", 100000, "--batch-size", 8, "--width", 4, "--depth", 1,
+                 "--verbose", 0, cwd=tmp_path, wait=False).stdout.strip()
+    log = tmp_path / f"job-{job}.out"
+    text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
+    # Hang guards only: an epoch checkpoint means training is under way.
+    wait_for(lambda: any((tmp_path / "run" / "checkpoints").glob("epoch-*.keras")), 300,
+             lambda: job_state(cluster, job) + text()[-3000:])
+    subprocess.run(["scancel", job], env=slurm_env(cluster), check=True, timeout=30)
+    squeue = lambda: subprocess.run(["squeue", "-h", "-j", job], env=slurm_env(cluster), capture_output=True,  # noqa: E731
+                                    text=True, timeout=30).stdout.strip()
+    wait_for(lambda: not squeue(), 120, lambda: job_state(cluster, job) + text()[-3000:])
+    state = job_state(cluster, job)
+    assert "JobState=CANCELLED" in state and "ExitCode=143:0" in state, state + text()[-3000:]
+    assert f"job {job}: stopped by SIGTERM (scancel or the time limit) before training finished" in text()
+    assert "summary:" not in text()
