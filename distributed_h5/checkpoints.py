@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.outputs import atomic_write
+
 RECORD = "distributed_h5.json"
 FORMAT = 1
 PATTERN = re.compile(r"^epoch-(\d{4,})(?:-sample-(\d{9,}))?\.keras$")
@@ -47,6 +49,10 @@ LOCK = ".lock"
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after checkpointing; run again with resume
 # Fields that, changed on resume, would silently train on another split or file.
 CHECKED_FIELDS = ("seed", "validation_ratio", "sample_count", "fingerprint", "split")
+# A run's vocabularies, here (no Keras) so the CLI offers them before it picks Keras' backend:
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # RunConfig.precision: Keras dtype policies
+MODELS = ("video", "r2plus1d_18")  # the reference models of distributed_h5.models.build_model
+OPTIMIZERS = ("adam", "sgd")  # build_model's optimizers for them
 
 
 @dataclass(frozen=True, order=True)
@@ -181,20 +187,15 @@ def save(model, path: Path, position: Position, config: RunConfig | None, **extr
     previous checkpoint intact and no partial file that looks complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent / f".partial-{os.getpid()}-{path.name}"
     record = {"format": FORMAT, "position": dataclasses.asdict(position),
               "config": dataclasses.asdict(config) if config is not None else None, **extra}
     try:
-        model.save(partial)
-        with zipfile.ZipFile(partial, "a") as archive:
-            archive.writestr(RECORD, json.dumps(record, indent=1, sort_keys=True))
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(partial, path)
+        with atomic_write(path) as partial:
+            model.save(partial)
+            with zipfile.ZipFile(partial, "a") as archive:
+                archive.writestr(RECORD, json.dumps(record, indent=1, sort_keys=True))
     except OSError as exc:  # a full disk, say: name the checkpoint (Keras' and zipfile's errors do not)
         raise OSError(exc.errno, f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

@@ -33,10 +33,12 @@ from . import checkpoints, replicas
 from .engines import collective as collectives
 from .data import sharding
 from .data.augment import Augment, Views
-from .data.dataset import DatasetError, describe, load_split, open_file
-from .data.outputs import printable
+from .data.dataset import DatasetError, describe, open_file
+from .data.outputs import atomic_write, printable, pyplot
 from .data.reader import BatchReader
 from .engines.launcher import world
+from .models import load_keras_model
+from .sequence import file_plan
 
 TOP_K = 5  # top-5 accuracy is reported when there are more classes than this
 
@@ -166,12 +168,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[keras.Model, checkpoints.R
     if not os.path.isfile(path):
         raise ValueError(f"--checkpoint {path}: no such file")
     config = _record_config(path, checkpoints.read_record(path))  # a bad record is one line before the model loads
-    try:
-        model = keras.models.load_model(path)
-    except Exception as exc:  # Keras raises many kinds for a bad file; the user needs one line
-        raise ValueError(f"--checkpoint {path}: cannot be loaded by keras.models.load_model: "
-                         f"{' '.join(str(exc).split())}") from exc
-    return model, config
+    return load_keras_model(path, option="--checkpoint"), config
 
 
 def _record_config(path: str, record: dict) -> checkpoints.RunConfig | None:
@@ -252,13 +249,10 @@ def _check_classes(model: keras.Model, classes: int, path) -> None:
 def _plan(path, info, settings: dict, rank: int = 0, size: int = 1) -> sharding.ShardPlan:
     """The train/validation split ``settings`` say (seed, validation_ratio, split), as training took it;
     ``settings["split"]`` becomes the split used (None picks ``"groups"`` when the file has them)."""
-    with open_file(path) as file:
-        mode, per_sample = load_split(file, settings["split"], info.sample_count)
-    settings["split"] = mode
-    return sharding.ShardPlan(info.sample_count, validation_ratio=settings["validation_ratio"], seed=settings["seed"],
-                              rank=rank, size=size, batch_size=settings["batch_size"],
-                              split=mode, groups=per_sample if mode == "groups" else None,
-                              subset=per_sample if mode == "file" else None)
+    plan = file_plan(path, info.sample_count, split=settings["split"], validation_ratio=settings["validation_ratio"],
+                     seed=settings["seed"], batch_size=settings["batch_size"], rank=rank, size=size)
+    settings["split"] = plan.split
+    return plan
 
 
 def _check_input(model: keras.Model, view_shape: tuple, where: str) -> None:
@@ -463,9 +457,8 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike) -> tuple
     png = out.with_name(f"{out.stem}-confusion.png")
     names = [csv_cell(name) for name in predictions.class_names]
     sides = None if predictions.subset is None else np.array(["train", "validation"])[predictions.subset]
-    partial = out.with_name(f".partial-{out.name}")
     try:
-        with open(partial, "w", newline="", encoding="utf-8") as handle:
+        with atomic_write(out) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             header = ["index"] + (["source_path"] if predictions.source_paths is not None else [])
             writer.writerow(header + ["predicted", "probability", "true"] + (["subset"] if sides is not None else []))
@@ -474,11 +467,8 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike) -> tuple
                 path = [csv_cell(predictions.source_paths[index])] if predictions.source_paths is not None else []
                 side = [sides[index]] if sides is not None else []
                 writer.writerow([index, *path, names[best], f"{score:.6f}", names[label], *side])
-        os.replace(partial, out)
     except OSError as exc:
         raise OSError(f"{out}: cannot be written ({exc.strerror or exc})") from exc
-    finally:
-        partial.unlink(missing_ok=True)  # gone after the rename; after any failure, not left behind
     try:
         _plot_confusion(predictions.confusion(), predictions.class_names, png)
     except OSError as exc:
@@ -488,11 +478,7 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike) -> tuple
 
 
 def _plot_confusion(counts: np.ndarray, names: list[str], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(png)
     classes = len(names)
     side = min(20.0, 2.5 + 0.35 * classes)
     figure, axis = plt.subplots(figsize=(side + 1, side))
@@ -508,10 +494,8 @@ def _plot_confusion(counts: np.ndarray, names: list[str], png: Path) -> None:
     accuracy = np.trace(counts) / max(1, counts.sum())
     axis.set(xlabel="predicted", ylabel="true", title=f"{counts.sum()} clips, accuracy {accuracy:.3f}")
     figure.tight_layout()
-    partial = png.with_name(f".partial-{png.name}")
     try:
-        figure.savefig(partial, format="png")
-        os.replace(partial, png)
+        with atomic_write(png) as partial:
+            figure.savefig(partial, format="png")
     finally:
         plt.close(figure)
-        partial.unlink(missing_ok=True)

@@ -11,9 +11,36 @@ computes the batch statistics over the global batch.
 
 from __future__ import annotations
 
+import os
+import zipfile
+
 import numpy as np
 import keras
 from keras import layers
+
+from .checkpoints import MODELS, OPTIMIZERS
+
+
+def load_keras_model(path: str | os.PathLike, *, option: str, compiled: bool = False) -> keras.Model:
+    """The model in the ``.keras`` file at ``path``, or a one-line ValueError saying what is wrong,
+    naming the file as the command-line ``option`` that gave it (``--model``, ``--checkpoint``).
+
+    With ``compiled=True``, a model saved before ``compile`` is refused too. The one loader of
+    the package: ``train --model FILE``, ``evaluate`` and ``predict`` load through it.
+    """
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{option} {path}: not a .keras model file (Keras 3 saves models as .keras zip archives)")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as exc:  # Keras raises many kinds for a bad file; the user needs one line
+        raise ValueError(f"{option} {path}: cannot be loaded by keras.models.load_model: "
+                         f"{' '.join(str(exc).split())}") from exc
+    if compiled and (not isinstance(model, keras.Model) or getattr(model, "optimizer", None) is None
+                     or not getattr(model, "compiled", False)):
+        raise ValueError(f"{option} {path}: the model is not compiled; save it after model.compile(optimizer=..., "
+                         "loss=...)")
+    return model
 
 
 def input_scale(dtype) -> float:
@@ -171,3 +198,43 @@ def r2plus1d_18(
             in_filters = filters
     x = layers.GlobalAveragePooling3D(name="pool")(x)
     return keras.Model(inputs, _classifier(x, classes, dropout, seed, init), name="r2plus1d_18")
+
+
+def build_model(
+    name: str,
+    clip_shape: tuple[int, int, int, int],
+    classes: int,
+    *,
+    width: int | None = None,
+    depth: int = 3,
+    dropout: float = 0.3,
+    batchnorm: bool = False,
+    dtype="uint8",
+    seed: int | None = None,
+    optimizer: str = "adam",
+    learning_rate: float = 1e-3,
+) -> keras.Model:
+    """A reference model (``name`` in ``MODELS``), compiled as ``train`` compiles it: categorical
+    cross-entropy, accuracy, and ``optimizer`` (``adam``, or ``sgd`` with momentum 0.9) at
+    ``learning_rate``. The one factory: ``distributed-h5 train`` and ``bench scaling`` build here.
+
+    Set the dtype policy (``keras.config.set_dtype_policy``) first: layers take it when built.
+    ``width`` defaults to 16 for ``video`` and 64 for ``r2plus1d_18``; ``depth`` and
+    ``batchnorm`` are the video model's.
+
+    Example:
+        >>> model = build_model("video", (16, 3, 64, 64), classes=4, seed=0)  # doctest: +SKIP
+    """
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}. Received: {name!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}. Received: optimizer={optimizer!r}")
+    if name == "video":
+        model = video_classifier(clip_shape, classes, width=width or 16, depth=depth, dropout=dropout,
+                                 batchnorm=batchnorm, dtype=dtype, seed=seed)
+    else:
+        model = r2plus1d_18(clip_shape, classes, width=width or 64, dropout=dropout, dtype=dtype, seed=seed)
+    chosen = (keras.optimizers.Adam(learning_rate) if optimizer == "adam"
+              else keras.optimizers.SGD(learning_rate, momentum=0.9))
+    model.compile(optimizer=chosen, loss="categorical_crossentropy", metrics=["accuracy"])
+    return model

@@ -14,6 +14,21 @@ from .data.reader import BatchReader
 from .engines.launcher import world
 
 
+
+def file_plan(path, sample_count: int, *, split: str | None, validation_ratio: float, seed: int, batch_size: int,
+              rank: int = 0, size: int = 1, remainder: str = "pad", locking: bool = False) -> sharding.ShardPlan:
+    """The shard plan of the file at ``path``: its first ``sample_count`` samples split by ``split``
+    (``None`` picks ``"groups"`` when the file has them, else ``"random"``; ``plan.split`` says
+    which), with the per-sample ``groups`` or ``subset`` that split reads from the file. The one
+    place a file becomes a plan: training's sequences and evaluation both ask here."""
+    with open_file(path, locking=locking) as file:
+        split, per_sample = load_split(file, split, sample_count)
+    return sharding.ShardPlan(sample_count, validation_ratio=validation_ratio, seed=seed, rank=rank, size=size,
+                              batch_size=batch_size, remainder=remainder, split=split,
+                              groups=per_sample if split == "groups" else None,
+                              subset=per_sample if split == "file" else None)
+
+
 class ShardedSequence(keras.utils.PyDataset):
     """This rank's batches of ``subset`` of an HDF5 video file, for ``model.fit``.
 
@@ -73,12 +88,10 @@ class ShardedSequence(keras.utils.PyDataset):
             raise ValueError(f"subset must be one of {sharding.SUBSETS}. Received: subset={subset!r}")
         self.batch_size, self.subset, self.validation_ratio = batch_size, subset, validation_ratio
         self.seed, self.remainder, self.threads, self.locking = seed, remainder, threads, locking
-        with open_file(self.path, locking=locking) as file:  # the per-sample groups or subset the split needs
-            self.split, per_sample = load_split(file, split, self.info.sample_count)
-        self.plan = sharding.ShardPlan(self.info.sample_count, validation_ratio=validation_ratio, seed=seed,
-                                       rank=self.rank, size=self.size, batch_size=batch_size, remainder=remainder,
-                                       split=self.split, groups=per_sample if self.split == "groups" else None,
-                                       subset=per_sample if self.split == "file" else None)
+        self.plan = file_plan(self.path, self.info.sample_count, split=split, validation_ratio=validation_ratio,
+                              seed=seed, rank=self.rank, size=self.size, batch_size=batch_size, remainder=remainder,
+                              locking=locking)
+        self.split = self.plan.split
         self._reader, self._reader_pid = None, None
         if augment is not None and not isinstance(augment, Augment):
             raise ValueError(f"augment must be a distributed_h5.augment.Augment or None. Received: {augment!r}")

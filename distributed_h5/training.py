@@ -20,15 +20,15 @@ import numpy as np
 from . import __version__, checkpoints, engines, keras_internals, randomness, replicas
 from .callbacks import (Agreement, Checkpointer, Commit, EpochTiming, GlobalState, LearningRate, SampleKeys,
                         StopAfterEpoch, Timeline)
-from .checkpoints import Position, RunConfig
+from .checkpoints import PRECISIONS, Position, RunConfig
 from .data.augment import Augment
+from .data.checks import positive_int
+from .data.outputs import atomic_write, pyplot
 from .engines import collective as collectives
 from .engines.collective import ENGINES
 from .feeding import Feeder
 from .layers import synchronized_batchnorm
 from .sequence import ShardedSequence
-
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclass
@@ -67,10 +67,6 @@ def evaluate(model, sequence: ShardedSequence, collective) -> dict[str, float]:
 
 def _check_arguments(*, epochs, batch_size, keep_checkpoints, warmup_epochs, check_every, precision, learning_rate,
                      monitor, engine, commit_every):
-    def positive_int(name, value):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
-
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
     positive_int("keep_checkpoints", keep_checkpoints)
@@ -609,13 +605,7 @@ def _plot(csv_path: Path, png_path: Path) -> None:
     """Rank 0: the training curves from ``training.csv`` as a PNG (loss and accuracy per epoch)."""
     import csv
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    plt = pyplot(png_path)
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
@@ -632,10 +622,11 @@ def _plot(csv_path: Path, png_path: Path) -> None:
         axis.legend()
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    partial = png_path.with_name(f".partial-{png_path.name}")
-    figure.savefig(partial, format="png")
-    plt.close(figure)
-    os.replace(partial, png_path)
+    try:
+        with atomic_write(png_path) as partial:
+            figure.savefig(partial, format="png")
+    finally:
+        plt.close(figure)
 
 
 def _history_of(state) -> keras.callbacks.History:

@@ -510,11 +510,9 @@ def read_csv(path: str) -> list[Row]:
 
 def plot(rows: Sequence[Row], path: str) -> None:
     """AU against emulated accelerators, one line per loader, one panel per cache state."""
-    import matplotlib
+    from ..data.outputs import atomic_write, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(path)
     caches = [cache for cache in ("warm", "cold") if any(r.cache == cache for r in rows)]
     fig, axes = plt.subplots(1, len(caches), figsize=(5.5 * len(caches), 4), squeeze=False)
     markers = dict(zip(LOADERS, "osD^"))
@@ -532,8 +530,11 @@ def plot(rows: Sequence[Row], path: str) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as partial:
+            fig.savefig(partial, dpi=120)  # the format from the name, as before
+    finally:
+        plt.close(fig)
 
 
 # --- python -m distributed_h5.bench.au --worker ------------------------------------------------

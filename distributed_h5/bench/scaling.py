@@ -33,6 +33,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from ..checkpoints import MODELS, PRECISIONS
+
+LAUNCHERS = ("horovodrun", "srun")  # srun inside a SLURM allocation (slurm/scaling.sbatch)
+CONTROLLERS = ("gloo", "mpi")  # Horovod's, for horovodrun
 FIELDS = ("mode", "ranks", "batch_per_rank", "global_batch", "steps", "global_samples_per_second",
           "per_rank_samples_per_second", "efficiency", "step_seconds", "data_wait_seconds", "compute_seconds",
           "allreduce_seconds", "data_wait_fraction", "allreduce_bytes_per_step", "read_bytes_per_step", "model",
@@ -74,7 +78,7 @@ def worker(args) -> None:
     from ..engines import horovod as engine
     from .. import replicas
     from ..feeding import Feeder
-    from ..models import r2plus1d_18, video_classifier
+    from ..models import build_model
     from ..sequence import ShardedSequence
 
     from ..data.augment import Augment
@@ -86,15 +90,9 @@ def worker(args) -> None:
     stored = sequence.info
     info = dataclasses.replace(stored, clip_shape=sequence.clip_shape)  # the model takes the augmented clips
     keras.config.set_dtype_policy(args.precision)
-    if args.model == "r2plus1d_18":
-        model = r2plus1d_18(info.clip_shape, info.classes, width=args.width, dtype=info.dtype, seed=0)
-    else:
-        model = video_classifier(info.clip_shape, info.classes, width=args.width, depth=args.depth, dropout=0.0,
-                                 dtype=info.dtype, seed=0)
-    optimizer = keras.optimizers.SGD(0.01)
-    if args.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, loss="categorical_crossentropy")
+    # train's model and compile (Keras wraps the optimizer for loss scaling under mixed_float16)
+    model = build_model(args.model, info.clip_shape, info.classes, width=args.width, depth=args.depth, dropout=0.0,
+                        dtype=info.dtype, seed=0, optimizer="sgd", learning_rate=0.01)
     feeder = Feeder.for_sequence(sequence)  # what train_model feeds Keras with, and its data wait
     timer = _StepTimer(feeder, collective, args.warmup)
     with replicas.distributed(model, collective):  # the optimizer wrapper train_model uses
@@ -250,11 +248,9 @@ def table(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], path: str) -> None:
-    import matplotlib
+    from ..data.outputs import atomic_write, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(path)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for mode, marker in (("weak", "o"), ("strong", "s")):
         chosen = [r for r in rows if r.mode == mode]
@@ -270,8 +266,11 @@ def plot(rows: list[Row], path: str) -> None:
         axis.grid(alpha=0.3)
         axis.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as partial:
+            fig.savefig(partial, dpi=120)  # the format from the name, as before
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -283,8 +282,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--model", choices=("video", "r2plus1d_18"), default="video")
-    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--model", choices=MODELS, default="video")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--clip-frames", type=int)
     parser.add_argument("--crop", type=int, nargs=2)
     parser.add_argument("--flip", action="store_true")

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .checks import positive_int
+
 # Mixed into every sample's key, so these draws never coincide with another use of (seed, epoch, index).
 _STREAM = 0x61756720  # "aug "
 _scratch = threading.local()  # a reusable window buffer per reading thread
@@ -85,13 +87,8 @@ class Augment:
     scale: tuple[int, int] | None = None
 
     def __post_init__(self):
-        for name in ("clip_frames", "frame_stride"):
-            value = getattr(self, name)
-            if value is None and name == "clip_frames":
-                continue
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1{' or None' if name == 'clip_frames' else ''}. "
-                                 f"Received: {name}={value!r}")
+        positive_int("clip_frames", self.clip_frames, optional=True)
+        positive_int("frame_stride", self.frame_stride)
         object.__setattr__(self, "crop", _pair("crop", self.crop))
         object.__setattr__(self, "scale", _pair("scale", self.scale))
         if self.scale is not None and self.scale[0] > self.scale[1]:

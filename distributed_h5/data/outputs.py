@@ -1,5 +1,6 @@
-"""Checks on an output file's path before any work is done, and text that can always be written.
-Imports nothing beyond the standard library.
+"""Checks on an output file's path before any work is done, text that can always be written,
+the one atomic write (:func:`atomic_write`) and the one way to plot (:func:`pyplot`).
+Imports nothing beyond the standard library (matplotlib when a plot is drawn).
 
 Writers here (``make-synthetic``, ``convert``) write ``OUT.partial`` next to ``OUT`` and
 rename it when complete, so what they need is a directory they can create files in, and an
@@ -8,8 +9,10 @@ rename it when complete, so what they need is a directory they can create files 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -57,3 +60,43 @@ def printable(value) -> str:
     except UnicodeEncodeError:
         value = value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
     return value
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, partial: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Write ``path`` whole or not at all: yields a temporary path beside it to write to; on a
+    clean exit fsyncs that file and renames it over ``path``; on any exception removes it and
+    re-raises, leaving ``path`` as it was.
+
+    The temporary name is ``partial``, by default ``.partial-<pid>-<name>`` in the same
+    directory (a rename is atomic only within one file system), so a kill mid-write leaves no
+    file that looks complete.
+
+    Example:
+        >>> with atomic_write("counts.txt") as partial:  # doctest: +SKIP
+        ...     partial.write_text("42\\n")
+    """
+    path = Path(path)
+    partial = Path(partial) if partial is not None else path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        yield partial
+        with open(partial, "rb") as written:  # durable before it replaces the previous file
+            os.fsync(written.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # gone after the rename; after any failure, not left behind
+
+
+def pyplot(output: str | os.PathLike):
+    """``matplotlib.pyplot`` on the Agg backend (no display needed), to draw ``output``; a
+    RuntimeError in one line if matplotlib is missing. It is a dependency of the ``bench``
+    extra, which ``make install`` installs; every plot the package writes asks here."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise RuntimeError(f"{output}: writing it needs matplotlib, which is not installed: pip install "
+                           "'distributed_h5[bench]' (make install installs it)") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .checks import positive_int
+
 REMAINDER_POLICIES = ("pad", "drop")
 SUBSETS = ("train", "validation")
 SPLITS = ("random", "groups", "file")
@@ -49,15 +51,9 @@ class Split(NamedTuple):
 
 def check_rank(rank: int, size: int) -> None:
     """Raise ValueError unless ``size >= 1`` and ``0 <= rank < size``."""
-    if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be an integer >= 1. Received: size={size!r}")
+    positive_int("size", size)
     if not isinstance(rank, (int, np.integer)) or not 0 <= rank < size:
         raise ValueError(f"rank must be an integer in [0, {size - 1}] for size={size}. Received: rank={rank!r}")
-
-
-def _check_positive(name: str, value) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
 
 
 def split(sample_count: int, validation_ratio: float, seed: int, groups: np.ndarray | None = None) -> Split:
@@ -77,7 +73,7 @@ def split(sample_count: int, validation_ratio: float, seed: int, groups: np.ndar
         >>> split(6, 0.5, seed=0, groups=np.array([0, 0, 1, 1, 2, 2])).validation.tolist()
         [4, 5]
     """
-    _check_positive("sample_count", sample_count)
+    positive_int("sample_count", sample_count)
     if not 0.0 <= validation_ratio < 1.0:
         raise ValueError(f"validation_ratio must be in [0, 1). Received: validation_ratio={validation_ratio!r}")
     rng = np.random.default_rng(seed)
@@ -133,7 +129,7 @@ def train_batches(
     so a resumed epoch trains every remaining sample exactly once.
     """
     check_rank(rank, size)
-    _check_positive("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     if remainder not in REMAINDER_POLICIES:
         raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}. Received: remainder={remainder!r}")
     if not 0 <= start <= order.size:
@@ -171,7 +167,7 @@ def validation_batches(validation: np.ndarray, *, rank: int, size: int, batch_si
     depends on how the split was made: see :meth:`ShardPlan.validation_batches`).
     """
     check_rank(rank, size)
-    _check_positive("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     if validation.size < size:
         raise ValueError(
             f"the validation subset has {validation.size} samples, fewer than size={size} ranks, "
@@ -243,7 +239,7 @@ class ShardPlan:
 
     def __post_init__(self):
         check_rank(self.rank, self.size)
-        _check_positive("batch_size", self.batch_size)
+        positive_int("batch_size", self.batch_size)
         if self.remainder not in REMAINDER_POLICIES:
             raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}. Received: remainder={self.remainder!r}")
         if self.split not in SPLITS:

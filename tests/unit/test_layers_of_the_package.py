@@ -12,7 +12,7 @@ FRAMEWORKS = ("keras", "tensorflow", "horovod", "jax", "torch")
 @pytest.mark.parametrize("package", ["distributed_h5.data", "distributed_h5.engines"])
 def test_a_layer_imports_no_framework(package):
     modules = {"distributed_h5.data": ["sharding", "dataset", "reader", "augment", "synthetic", "convert", "outputs",
-                                       "jpeg"],
+                                       "checks", "jpeg"],
                "distributed_h5.engines": ["collective", "launcher", "horovod", "jax"]}[package]
     code = (f"import sys\nimport {', '.join(f'{package}.{m}' for m in modules)}\n"
             f"print(sorted({{name.split('.')[0] for name in sys.modules}} & set({FRAMEWORKS!r})))")
