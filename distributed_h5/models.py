@@ -19,6 +19,7 @@ import keras
 from keras import layers
 
 from .checkpoints import MODELS, OPTIMIZERS
+from .data.checks import positive_int
 
 
 def load_keras_model(path: str | os.PathLike, *, option: str, compiled: bool = False) -> keras.Model:
@@ -109,8 +110,8 @@ def video_classifier(
     Example:
         >>> model = video_classifier((16, 3, 64, 64), classes=4)  # doctest: +SKIP
     """
-    if depth < 1 or width < 1:
-        raise ValueError(f"width and depth must be >= 1. Received: width={width}, depth={depth}")
+    positive_int("width", width)
+    positive_int("depth", depth)
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
     init = _initializers(seed)
@@ -152,8 +153,7 @@ def r2plus1d_18(
     Example:
         >>> model = r2plus1d_18((16, 3, 112, 112), classes=101)  # doctest: +SKIP
     """
-    if width < 1:
-        raise ValueError(f"width must be >= 1. Received: width={width}")
+    positive_int("width", width)
     init = _initializers(seed)
     inputs, x = _inputs(clip_shape, dtype, "r2plus1d_18")
 

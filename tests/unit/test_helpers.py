@@ -159,3 +159,12 @@ def test_atomic_write_takes_the_callers_temporary_name(tmp_path):
         assert partial == tmp_path / "big.h5.partial"
         partial.write_bytes(b"x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.h5"]
+
+
+def test_the_models_check_their_sizes_with_it():
+    from distributed_h5.models import r2plus1d_18, video_classifier
+
+    with pytest.raises(ValueError, match=r"^depth must be an integer >= 1. Received: depth=0$"):
+        video_classifier((2, 3, 8, 8), 2, depth=0)
+    with pytest.raises(ValueError, match=r"^width must be an integer >= 1. Received: width=0$"):
+        r2plus1d_18((2, 3, 8, 8), 2, width=0)
