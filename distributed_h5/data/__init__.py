@@ -7,5 +7,7 @@ framework: ``tests/unit/test_layers_of_the_package.py`` checks), so it serves an
 * :mod:`.reader`: :class:`~.reader.BatchReader`, the one read path;
 * :mod:`.augment`: clip sampling and augmentation (numpy);
 * :mod:`.synthetic`, :mod:`.convert`: files made from nothing, or from videos;
-* :mod:`.outputs`: checks and writes of the files the package produces.
+* :mod:`.outputs`: checks and atomic writes of the files the package produces;
+* :mod:`.checks`: argument checks shared by the layers (positive integers);
+* :mod:`.jpeg`: the JPEG clip layout, its writer and its threaded decoder.
 """
