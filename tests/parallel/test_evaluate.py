@@ -57,5 +57,5 @@ def test_predict_on_two_ranks_writes_one_process_csv(trained):
     alone, together = ((root / name).read_text() for name in ("alone.csv", "together.csv"))
     assert together == alone
     rows = list(csv.DictReader(alone.splitlines()))
-    assert len(rows) == 61 and list(rows[0]) == ["index", "predicted", "probability", "true"]  # no source_paths
+    assert len(rows) == 61 and list(rows[0]) == ["index", "predicted", "probability", "true", "subset"]  # no source_paths
     assert (root / "together-confusion.png").exists()
