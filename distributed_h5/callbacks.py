@@ -184,6 +184,8 @@ class Agreement(keras.callbacks.Callback):
                 "no checkpoint was written. Check the data for NaN/Inf and the learning rate.")
         if decision == self.SIGNAL:
             at = self.timeline.position(self.epoch, steps_done)
+            if at.sample >= self.timeline.plan.train_count:  # its last step: a whole epoch, resumed at the next
+                at = Position(self.epoch + 1)
             if self.on_stop is not None:
                 self.on_stop(at)
             self._restore()

@@ -148,3 +148,27 @@ def test_dropout_resumed_ends_where_an_uninterrupted_run_does(tmp_path, data):
         scale_learning_rate=False)
     for a, b in zip(straight.get_weights(), again.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_stop_signal_met_at_an_epochs_end_records_the_whole_epoch():
+    """A signal that arrives after the epoch's last check stops at its end: the position is the
+    next epoch's start (the resume runs no empty partial epoch and counts the epochs on)."""
+    import signal
+
+    from distributed_h5.callbacks import Agreement, Preempted, Timeline
+    from distributed_h5.checkpoints import Position
+    from distributed_h5.engines import Single
+    from distributed_h5.sharding import ShardPlan
+
+    plan = ShardPlan(96, validation_ratio=0.3, seed=0, batch_size=2)  # 67 training samples, 34 steps
+    seen = []
+    agreement = Agreement(Single(), Timeline(plan, Position(0)), 8, signal.SIGUSR1, seen.append)
+    agreement.set_model(compiled())
+    agreement.set_params({"steps": 34})
+    agreement.on_epoch_begin(2)
+    agreement.received = True
+    with pytest.raises(Preempted) as stopped:
+        agreement.on_epoch_end(2, {"loss": 1.0})
+    assert (stopped.value.at, seen) == (Position(3), [Position(3)])
+    assert str(stopped.value) == ("stopped by SIGUSR1 after 3 epochs and 0 samples; a checkpoint was written: run "
+                                  "again with resume to continue")
