@@ -66,11 +66,12 @@ def test_convert_refuses_when_mpi_sees_one_of_several_tasks(tmp_path):
     """What `srun` without --mpi=pmix looks like: SLURM says 2 tasks, MPI initialises alone.
     In a subprocess, so that MPI is never initialised in the test process."""
     environ = {**os.environ, "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"}
-    result = subprocess.run([sys.executable, "-m", "distributed_h5.cli", "convert", tmp_path, tmp_path / "out.h5",
+    (tmp_path / "src").mkdir()
+    result = subprocess.run([sys.executable, "-m", "distributed_h5.cli", "convert", tmp_path / "src", tmp_path / "out.h5",
                              "--frames", "8", "--size", "24", "32"], env=environ, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1
     assert result.stderr == (
         "distributed-h5 convert: error: the launcher started 2 tasks (SLURM_PROCID) without MPI's wire-up (no PMIX_RANK), so "
         "every task would act as rank 0 of 1: launch with `srun --mpi=pmix` (not pmi2 or none), mpirun or horovodrun\n")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
