@@ -10,7 +10,7 @@ ranks. Rank ``r`` of ``n`` converts parts ``r, r + n, ...`` into part files of i
 (no two processes ever write one HDF5 file); rank 0 then joins them, in part order, into
 one file. So every good video appears exactly once, in the same order for any ``n``.
 Part files are written under temporary names and renamed when complete, and the output
-likewise: an interrupted run leaves no file that looks valid, and ``resume=True`` keeps
+likewise (:func:`outputs.atomic_write`): an interrupted run leaves no file that looks valid, and ``resume=True`` keeps
 the completed parts. Memory stays at one decoded clip per rank: only the sampled frames
 are scaled and kept, whatever the video's length.
 
@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -48,7 +47,7 @@ from tqdm import tqdm
 from ..engines import launcher as runtime
 from . import jpeg
 from .synthetic import CHUNKINGS, CODECS, COMPRESSIONS, compression_options
-from .outputs import check_output, printable
+from .outputs import atomic_write, check_output, printable
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
 # A folder of frame images is a video too (mmaction2's "rawframes": SRC/<class>/<video>/img_00001.jpg ...),
@@ -512,16 +511,6 @@ def _fallocate(fd: int, size: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-@contextmanager
-def _removed_on_failure(partial: Path):
-    """Delete ``partial`` if the block fails or is interrupted: no temporary file is left behind."""
-    try:
-        yield
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options: dict, on_video) -> list[tuple[str, str]]:
     """Convert ``videos`` (global index, video) into the part file ``path``; return the failures."""
     frames, (rows, cols), channels = options["frames"], options["size"], options["channels"]
@@ -529,7 +518,7 @@ def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options
     failures, index, counts, rates = [], [], [], []
     jpeg_frames = options["codec"] == "jpeg"  # encoded once here; the join copies the bytes
     _reserve(partial, 0 if jpeg_frames else len(videos) * frames * channels * rows * cols, len(videos))
-    with _removed_on_failure(partial), h5py.File(partial, "w") as file:
+    with atomic_write(path, partial=partial), h5py.File(partial, "w") as file:
         if jpeg_frames:
             writer = jpeg.JpegWriter(file, (frames, channels, rows, cols), quality=options["quality"],
                                      subsampling=options["subsampling"])
@@ -561,7 +550,6 @@ def _write_part(path: Path, videos: list[tuple[int, Video]], root: Path, options
         file.create_dataset("frame_counts", data=np.array(counts, dtype=np.int64))
         file.create_dataset("frame_rates", data=np.array(rates, dtype=np.float64))
         file.attrs["failures"] = json.dumps(failures)
-    os.replace(partial, path)
     return failures
 
 
@@ -591,7 +579,7 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
     else:  # compressed, the size is not known before writing; the reservation then covers only the rest
         data_bytes = 0 if compressed else total * frames * channels * rows * cols
     _reserve(partial, data_bytes, total)
-    with _removed_on_failure(partial), h5py.File(partial, "w") as file:
+    with atomic_write(out, partial=partial), h5py.File(partial, "w") as file:
         if jpeg_frames:
             x = jpeg.JpegWriter(file, (frames, channels, rows, cols), quality=options["quality"],
                                 subsampling=options["subsampling"], samples=total)
@@ -632,7 +620,6 @@ def _join(out: Path, parts: list[Path], videos: list[Video], class_names: list[s
         file.attrs["class_names"] = np.array(class_names, dtype=h5py.string_dtype())
         file.attrs["sample_count"] = np.int64(total)
         file.attrs["generator"] = "distributed_h5.convert"
-    os.replace(partial, out)
     return total
 
 
@@ -791,9 +778,9 @@ def _reason(exc: Exception) -> str:
 
 def _count_videos(counter: Path, count: int) -> None:
     """Record that this rank has converted ``count`` videos in this run (replaced whole, never half-written)."""
-    temporary = counter.with_name(counter.name + ".tmp")
-    temporary.write_text(str(count))
-    os.replace(temporary, counter)
+    # Rewritten after every video and read only while the run lasts: whole, not durable (no fsync).
+    with atomic_write(counter, partial=counter.with_name(counter.name + ".tmp"), durable=False) as partial:
+        partial.write_text(str(count))
 
 
 def videos_counted(counters: list[Path]) -> int:

@@ -63,14 +63,16 @@ def printable(value) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, *, partial: str | os.PathLike | None = None) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, *, partial: str | os.PathLike | None = None,
+                 durable: bool = True) -> Iterator[Path]:
     """Write ``path`` whole or not at all: yields a temporary path beside it to write to; on a
     clean exit fsyncs that file and renames it over ``path``; on any exception removes it and
     re-raises, leaving ``path`` as it was.
 
     The temporary name is ``partial``, by default ``.partial-<pid>-<name>`` in the same
     directory (a rename is atomic only within one file system), so a kill mid-write leaves no
-    file that looks complete.
+    file that looks complete. ``durable=False`` skips the fsync: for a file rewritten often
+    that need not outlive a crash (a progress counter), whole is enough.
 
     Example:
         >>> with atomic_write("counts.txt") as partial:  # doctest: +SKIP
@@ -80,8 +82,9 @@ def atomic_write(path: str | os.PathLike, *, partial: str | os.PathLike | None =
     partial = Path(partial) if partial is not None else path.with_name(f".partial-{os.getpid()}-{path.name}")
     try:
         yield partial
-        with open(partial, "rb") as written:  # durable before it replaces the previous file
-            os.fsync(written.fileno())
+        if durable:
+            with open(partial, "rb") as written:  # durable before it replaces the previous file
+                os.fsync(written.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)  # gone after the rename; after any failure, not left behind

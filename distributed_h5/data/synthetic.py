@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import jpeg
-from .outputs import check_output
+from .outputs import atomic_write, check_output
 
 CHUNKINGS = ("clip", "none")
 COMPRESSIONS = ("none", "gzip", "lzf", "zstd")  # zstd: hdf5plugin's filter, level 3
@@ -79,8 +79,9 @@ def make_synthetic(
 ) -> Path:
     """Write a synthetic dataset to ``path`` and return it.
 
-    The file is written under a temporary name (``path.partial``) and renamed when complete,
-    so an interrupted run never leaves a file that looks valid, nor the temporary one.
+    The file is written under a temporary name (``path.partial``) and renamed when complete
+    (:func:`outputs.atomic_write`), so an interrupted run never leaves a file that looks valid,
+    nor the temporary one.
     ValueError, before any work, if ``path`` cannot be written (see :func:`outputs.check_output`).
 
     Args:
@@ -124,41 +125,36 @@ def make_synthetic(
     clip_shape = (frames, channels, *size)
     block = max(1, BLOCK_BYTES // int(np.prod(clip_shape)))
     labels = np.random.default_rng((seed, 0)).integers(0, classes, samples)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with h5py.File(partial, "w") as file:
-            if codec == "jpeg":  # frames encoded in threads; X appears, contiguous, when all are written
-                x = jpeg.JpegWriter(file, clip_shape, quality=quality, subsampling=subsampling, samples=samples,
-                                    threads=jpeg.default_threads())
-                write = lambda rows, clips: x.extend(clips)  # noqa: E731  (rows come in order)
-            else:
-                x = file.create_dataset(
-                    "X",
-                    shape=(samples, *clip_shape),
-                    dtype=np.uint8,
-                    chunks=(1, *clip_shape) if chunks == "clip" else None,
-                    **compression_options(compression),
-                )
-                write = x.__setitem__
-            y = file.create_dataset("Y", shape=(samples, classes), dtype=np.uint8)
-            label_block = max(1, BLOCK_BYTES // classes)  # one-hot rows built per block: never a classes**2 identity
-            for start in range(0, samples, label_block):
-                stop = min(start + label_block, samples)
-                one_hot = np.zeros((stop - start, classes), dtype=np.uint8)
-                one_hot[np.arange(stop - start), labels[start:stop]] = 1
-                y[start:stop] = one_hot
-            with tqdm(total=samples, unit="clip", desc=f"writing {path.name}", disable=not progress) as bar:
-                for start in range(0, samples, block):
-                    stop = min(start + block, samples)
-                    rng = np.random.default_rng((seed, 1, start))
-                    write(slice(start, stop), make_clips(np.arange(start, stop), labels[start:stop], frames=frames,
-                                                         channels=channels, size=size, classes=classes, rng=rng))
-                    bar.update(stop - start)
-            if codec == "jpeg":
-                x.close()
-            file.attrs["sample_count"] = np.int64(sample_count)
-            file.attrs["generator"] = "distributed_h5.synthetic"
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_write(path, partial=path.with_name(path.name + ".partial")) as partial, h5py.File(partial, "w") as file:
+        if codec == "jpeg":  # frames encoded in threads; X appears, contiguous, when all are written
+            x = jpeg.JpegWriter(file, clip_shape, quality=quality, subsampling=subsampling, samples=samples,
+                                threads=jpeg.default_threads())
+            write = lambda rows, clips: x.extend(clips)  # noqa: E731  (rows come in order)
+        else:
+            x = file.create_dataset(
+                "X",
+                shape=(samples, *clip_shape),
+                dtype=np.uint8,
+                chunks=(1, *clip_shape) if chunks == "clip" else None,
+                **compression_options(compression),
+            )
+            write = x.__setitem__
+        y = file.create_dataset("Y", shape=(samples, classes), dtype=np.uint8)
+        label_block = max(1, BLOCK_BYTES // classes)  # one-hot rows built per block: never a classes**2 identity
+        for start in range(0, samples, label_block):
+            stop = min(start + label_block, samples)
+            one_hot = np.zeros((stop - start, classes), dtype=np.uint8)
+            one_hot[np.arange(stop - start), labels[start:stop]] = 1
+            y[start:stop] = one_hot
+        with tqdm(total=samples, unit="clip", desc=f"writing {path.name}", disable=not progress) as bar:
+            for start in range(0, samples, block):
+                stop = min(start + block, samples)
+                rng = np.random.default_rng((seed, 1, start))
+                write(slice(start, stop), make_clips(np.arange(start, stop), labels[start:stop], frames=frames,
+                                                     channels=channels, size=size, classes=classes, rng=rng))
+                bar.update(stop - start)
+        if codec == "jpeg":
+            x.close()
+        file.attrs["sample_count"] = np.int64(sample_count)
+        file.attrs["generator"] = "distributed_h5.synthetic"
     return path

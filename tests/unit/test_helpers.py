@@ -72,6 +72,20 @@ def test_atomic_write_fsyncs_before_the_rename(tmp_path, monkeypatch):
     assert events == ["fsync", "replace"]
 
 
+def test_atomic_write_not_durable_renames_without_fsync(tmp_path, monkeypatch):
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    target = tmp_path / ".progress-0"
+    with atomic_write(target, partial=tmp_path / ".progress-0.tmp", durable=False) as partial:
+        assert partial == tmp_path / ".progress-0.tmp"
+        partial.write_text("3")
+    assert events == ["replace"]
+    assert target.read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".progress-0"]
+
+
 def test_pyplot_without_matplotlib_is_one_line(monkeypatch):
     real_import = builtins.__import__
 
