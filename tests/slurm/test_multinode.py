@@ -10,7 +10,7 @@ import pytest
 
 from distributed_h5.synthetic import make_synthetic
 
-from .conftest import HERE, ROOT, cluster_dir, idle_nodes, job_state, sbatch, slurm_env, wait_for
+from .conftest import HERE, ROOT, cluster_dir, ended_state, idle_nodes, job_state, sbatch, slurm_env, wait_for
 
 TRAIN = ("--width", 4, "--depth", 1)
 
@@ -18,12 +18,6 @@ TRAIN = ("--width", 4, "--depth", 1)
 def checkpoints(run_dir) -> list[str]:
     """The epoch checkpoints' names in ``run_dir/checkpoints`` (besides best.keras and the lock)."""
     return sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*.keras"))
-
-
-def ended(cluster: str, job: str) -> str:
-    """The job's state once it has ended for good (not requeued), else ''."""
-    state = job_state(cluster, job)
-    return state if re.search(r"JobState=(COMPLETED|FAILED|NODE_FAIL|CANCELLED|TIMEOUT)", state) else ""
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +53,7 @@ def training(cluster, data, tmp_path_factory):
                                        capture_output=True, text=True, timeout=300)
             assert submitted.returncode == 0, submitted.stderr
             job = re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1)
-            state = wait_for(lambda: ended(cluster, job), 600, lambda: job_state(cluster, job), interval=2)
+            state = wait_for(lambda: ended_state(cluster, job), 600, lambda: job_state(cluster, job))
             status = 0 if "JobState=COMPLETED" in state else 1
             log, run_dir, path = cwd / f"dh5-train-{job}.out", cwd / "runs" / f"dh5-train-{job}", "data.h5"
         else:
@@ -124,8 +118,8 @@ def test_signal_before_the_time_limit_checkpoints_requeues_and_resumes_on_two_no
     text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
     wait_for(lambda: "Epoch 3/20" in text(), 300, lambda: text()[-3000:])  # two epochs done and checkpointed
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm_env(cluster), check=True, timeout=30)
-    # A requeued job waits about two minutes before SLURM starts it again.
-    state = wait_for(lambda: ended(cluster, job), 600, lambda: job_state(cluster, job) + text()[-3000:], interval=2)
+    # A requeued job waits cred_expire + 1 s (16 s in slurm.conf.in) before SLURM starts it again.
+    state = wait_for(lambda: ended_state(cluster, job), 600, lambda: job_state(cluster, job) + text()[-3000:])
     assert "JobState=COMPLETED" in state and "Restarts=1" in state and "NodeList=node[1-2]" in state, state
     stopped = re.search(r"stopped by SIGUSR1 after (\d+) epochs and (\d+) (steps|samples)", text())
     assert stopped, text()[-5000:]
@@ -153,7 +147,7 @@ def test_a_lost_node_ends_the_job_and_a_resubmitted_job_resumes(cluster, data, t
     directory = str(cluster_dir(cluster))
     subprocess.run(["bash", HERE / "cluster.sh", "link", directory, "node2", "down"], check=True, timeout=30)
     try:
-        state = wait_for(lambda: ended(cluster, job), 180, lambda: job_state(cluster, job) + text()[-3000:], interval=1)
+        state = wait_for(lambda: ended_state(cluster, job), 180, lambda: job_state(cluster, job) + text()[-3000:], interval=1)
     finally:
         subprocess.run(["bash", HERE / "cluster.sh", "link", directory, "node2", "up"], check=True, timeout=30)
     assert "JobState=NODE_FAIL" in state, state + text()[-3000:]
