@@ -83,3 +83,26 @@ def small_file(tmp_path_factory):
     """101 clips (70 train, 31 validation at ratio 0.3): neither divides by ranks x batch."""
     return make_synthetic(tmp_path_factory.mktemp("parallel") / "small.h5", samples=101, frames=4, channels=3,
                           size=(12, 12), classes=3, seed=2, progress=False)
+
+
+# The gloo run that test_resume.py, test_training.py and test_jax.py resume against: 2 ranks x 4,
+# learning rate scaled, 3 epochs; computed once per session.
+RESUMABLE = ("--batch-size", 4, "--scale-lr", "--epochs", 3)
+
+
+@pytest.fixture(scope="session")
+def gloo_straight(small_file, tmp_path_factory):
+    """The uninterrupted run: 2 ranks x 4 for 3 epochs."""
+    out = tmp_path_factory.mktemp("straight")
+    train(2, "gloo", small_file, out, *RESUMABLE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gloo_stopped(small_file, tmp_path_factory):
+    """The same run, SIGUSR1 to rank 0 before batch 3 and to rank 1 before batch 6 of epoch 1:
+    ``(root, result)``, its checkpoints in ``root/checkpoints`` (copy them before resuming)."""
+    root = tmp_path_factory.mktemp("stopped")
+    result = train(2, "gloo", small_file, root / "out", *RESUMABLE, "--checkpoint-dir", root / "checkpoints",
+                   "--usr1", 0, 1, 3, "--usr1", 1, 1, 6, check=False)
+    return root, result

@@ -16,20 +16,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import jax_env, mpirun, report, train, weights
+from .conftest import RESUMABLE, jax_env, mpirun, report, train, weights
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMON = ("--batch-size", 4, "--scale-lr", "--epochs", 3)
+COMMON = RESUMABLE  # as the gloo runs of conftest.py, which one test here resumes
 
 
-@pytest.mark.parametrize("model", ["plain", "bn"])
-def test_two_processes_match_one_with_twice_the_batch(tmp_path, small_file, model):
+@pytest.mark.parametrize("model, dropout", [("plain", 0.3), ("bn", 0.0)])
+def test_two_processes_match_one_with_twice_the_batch(tmp_path, small_file, model, dropout):
     """2 processes x 4 from different initialisations end with identical replicas equal to
     1 process x 8; validation (shards of 16 and 15 clips) is one process's on all 31. With
-    BatchNorm the statistics are the global batch's, as SyncBN gives under Horovod."""
+    BatchNorm the statistics are the global batch's, as SyncBN gives under Horovod; with
+    dropout (the default model's 0.3) each sample's mask is its own, whichever process trains it."""
     two, one = tmp_path / "two", tmp_path / "one"
-    train(2, "jax", small_file, two, "--batch-size", 4, "--init-seed", "rank", "--model", model)
-    train(1, "jax", small_file, one, "--batch-size", 8, "--model", model)
+    train(2, "jax", small_file, two, "--batch-size", 4, "--init-seed", "rank", "--model", model, "--dropout", dropout)
+    train(1, "jax", small_file, one, "--batch-size", 8, "--model", model, "--dropout", dropout)
     assert (report(two, 0)["engine"], report(two, 0)["size"], report(one, 0)["size"]) == ("jax", 2, 1)
     for a, b in zip(weights(two, 0), weights(two, 1)):
         np.testing.assert_array_equal(a, b)
@@ -100,16 +101,13 @@ def test_stop_and_resume_on_jax_and_on_horovod(small_file, jax_straight, tmp_pat
     assert_the_known_cross_engine_divergence(weights(resumed, 0), weights(jax_straight, 0))
 
 
-def test_horovod_checkpoint_resumes_on_jax(small_file, tmp_path):
-    """The reverse: a Horovod run stopped mid-epoch resumes on 2 JAX processes and ends with the
-    weights of the uninterrupted Horovod run (TensorFlow and JAX draw different initial weights
-    from one seed, so the reference is the Horovod run)."""
-    straight = tmp_path / "straight"
-    train(2, "gloo", small_file, straight, *COMMON)
-    checkpoints = stop("gloo", small_file, tmp_path / "stopped")
-    resumed = resume("jax", 2, 4, small_file, checkpoints, tmp_path)
+def test_horovod_checkpoint_resumes_on_jax(small_file, gloo_straight, gloo_stopped, tmp_path):
+    """The reverse: a Horovod run stopped mid-epoch (test_resume.py checks that stop) resumes on
+    2 JAX processes and ends with the weights of the uninterrupted Horovod run (TensorFlow and
+    JAX draw different initial weights from one seed, so the reference is the Horovod run)."""
+    resumed = resume("jax", 2, 4, small_file, gloo_stopped[0] / "checkpoints", tmp_path)
     assert report(resumed, 0)["engine"] == "jax"
-    assert_the_known_cross_engine_divergence(weights(resumed, 0), weights(straight, 0))
+    assert_the_known_cross_engine_divergence(weights(resumed, 0), weights(gloo_straight, 0))
 
 
 def test_a_killed_process_ends_the_job(small_file, tmp_path):

@@ -3,6 +3,7 @@ BatchNorm, R(2+1)D-18, and mixed precision (bf16, fp16 with loss scaling)."""
 
 import json
 import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -30,13 +31,37 @@ def evaluate_alone(file, weights_, model_kind="bn"):
     return model.evaluate(x, y, batch_size=31, verbose=0, return_dict=True)
 
 
+@pytest.fixture(scope="module")
+def bn_runs(small_file, tmp_path_factory):
+    """``run(name)``: the BatchNorm model's runs that several tests compare, each once per module,
+    2 epochs each: "one" (1 rank x 8), "gloo" and "mpi" (2 ranks x 4 under that controller, rank
+    1 initialised differently), "layer" (SyncBatchNormalization layers, 2 x 4) and "flag"
+    (plain layers with --sync-bn, 2 x 4, checkpoints in ``flag/checkpoints``)."""
+    runs = {}
+    root = tmp_path_factory.mktemp("bn")
+    arguments = {"one": (1, "gloo", "--model", "bn", "--batch-size", 8),
+                 "gloo": (2, "gloo", "--model", "bn", "--init-seed", "rank"),
+                 "mpi": (2, "mpi", "--model", "bn", "--init-seed", "rank"),
+                 "layer": (2, "gloo", "--model", "syncbn", "--batch-size", 4),
+                 "flag": (2, "gloo", "--model", "bn", "--sync-bn", "--batch-size", 4,
+                          "--checkpoint-dir", root / "flag" / "checkpoints")}
+
+    def run(name: str) -> Path:
+        if name not in runs:
+            ranks, controller, *args = arguments[name]
+            train(ranks, controller, small_file, root / name, *args, "--epochs", 2)
+            runs[name] = root / name
+        return runs[name]
+
+    return run
+
+
 @pytest.mark.parametrize("controller", CONTROLLERS)
-def test_batchnorm_replicas_identical_and_validation_exact(tmp_path, small_file, controller):
+def test_batchnorm_replicas_identical_and_validation_exact(bn_runs, small_file, controller):
     """Each rank's BatchNorm sees only its batches; the moving statistics are averaged after
     every epoch, so the replicas end bit-identical (moving mean and variance included) and
     val_* is rank 0's final model evaluated on the whole validation subset."""
-    out = tmp_path / "run"
-    train(2, controller, small_file, out, "--model", "bn", "--init-seed", "rank", "--epochs", 2)
+    out = bn_runs(controller)
     first, second = weights(out, 0), weights(out, 1)
     assert len(first) == 4 + 4 * 4 + 2  # 4 conv kernels (no bias before BN), 4 BN x (gamma, beta, mean, variance), dense
     for a, b in zip(first, second):
@@ -48,29 +73,23 @@ def test_batchnorm_replicas_identical_and_validation_exact(tmp_path, small_file,
     assert history["val_accuracy"][-1] == pytest.approx(expected["accuracy"], abs=1e-7)
 
 
-def test_sync_batchnorm_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path, small_file):
+def test_sync_batchnorm_two_ranks_equal_one_rank_with_twice_the_batch(bn_runs):
     """With synchronised BN, 2 ranks x 4 train exactly as 1 rank x 8 (SGD): weights and
     moving statistics. Both the layer class and sync_batchnorm=True on plain layers."""
-    train(1, "gloo", small_file, tmp_path / "one", "--model", "bn", "--batch-size", 8, "--epochs", 2)
-    train(2, "gloo", small_file, tmp_path / "layer", "--model", "syncbn", "--batch-size", 4, "--epochs", 2)
-    checkpoints = tmp_path / "checkpoints"
-    train(2, "gloo", small_file, tmp_path / "flag", "--model", "bn", "--sync-bn", "--batch-size", 4, "--epochs", 2,
-          "--checkpoint-dir", checkpoints)
-    one = weights(tmp_path / "one", 0)
+    one = weights(bn_runs("one"), 0)
     for run in ("layer", "flag"):
-        for a, b in zip(weights(tmp_path / run, 0), one):
+        for a, b in zip(weights(bn_runs(run), 0), one):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     # The flag keeps plain layers, so the checkpoint names only Keras' own BatchNormalization.
-    config = json.loads(zipfile.ZipFile(checkpoints / "epoch-0002.keras").read("config.json"))
+    config = json.loads(zipfile.ZipFile(bn_runs("flag") / "checkpoints" / "epoch-0002.keras").read("config.json"))
     classes = {layer["class_name"] for layer in config["config"]["layers"]}
     assert "BatchNormalization" in classes and "SyncBatchNormalization" not in classes
 
 
-def test_plain_batchnorm_differs_from_one_rank_with_twice_the_batch(tmp_path, small_file):
-    """The control: unsynchronised BN on 2 x 4 is not 1 x 8 (per-rank batch statistics)."""
-    train(1, "gloo", small_file, tmp_path / "one", "--model", "bn", "--batch-size", 8, "--epochs", 1)
-    train(2, "gloo", small_file, tmp_path / "two", "--model", "bn", "--batch-size", 4, "--epochs", 1)
-    kernel_one, kernel_two = weights(tmp_path / "one", 0)[0], weights(tmp_path / "two", 0)[0]
+def test_plain_batchnorm_differs_from_one_rank_with_twice_the_batch(bn_runs):
+    """The control: unsynchronised BN on 2 x 4 is not 1 x 8 (per-rank batch statistics). Rank
+    0's initialisation (seed 0, broadcast to rank 1) is the one rank's, so only BN differs."""
+    kernel_one, kernel_two = weights(bn_runs("one"), 0)[0], weights(bn_runs("gloo"), 0)[0]
     assert not np.allclose(kernel_one, kernel_two, rtol=1e-4, atol=1e-5)
 
 

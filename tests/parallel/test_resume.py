@@ -18,42 +18,23 @@ from distributed_h5 import sharding
 
 from .conftest import report, train, weights
 
-COMMON = ("--batch-size", 4, "--scale-lr", "--epochs", 3)
-
-
 def saved(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.suffix == ".keras" or p.name == "PREEMPTED")
 
 
-@pytest.fixture(scope="module")
-def straight(small_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight")
-    train(2, "gloo", small_file, out, *COMMON)
-    return out
-
-
-@pytest.fixture(scope="module")
-def stopped(small_file, tmp_path_factory):
-    """2 ranks x 4, SIGUSR1 to rank 0 before batch 3 and to rank 1 before batch 6 of epoch 1."""
-    root = tmp_path_factory.mktemp("stopped")
-    result = train(2, "gloo", small_file, root / "out", *COMMON, "--checkpoint-dir", root / "checkpoints",
-                   "--usr1", 0, 1, 3, "--usr1", 1, 1, 6, check=False)
-    return root, result
-
-
-def resume(small_file, stopped, tmp_path, ranks, *args):
+def resume(small_file, gloo_stopped, tmp_path, ranks, *args):
     """Resume a copy of the stopped run's checkpoints on ``ranks`` ranks."""
     checkpoints = tmp_path / "checkpoints"
-    shutil.copytree(stopped[0] / "checkpoints", checkpoints)
+    shutil.copytree(gloo_stopped[0] / "checkpoints", checkpoints)
     train(ranks, "gloo", small_file, tmp_path / "resumed", "--scale-lr", "--epochs", 3, "--checkpoint-dir",
           checkpoints, "--resume", *args)
     return checkpoints, tmp_path / "resumed"
 
 
-def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(small_file, straight, stopped, tmp_path):
+def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(small_file, gloo_straight, gloo_stopped, tmp_path):
     """SIGUSR1 reaches the ranks at different steps; they stop together, rank 0 checkpoints
     mid-epoch, and the resumed run ends with the weights of an uninterrupted one."""
-    root, result = stopped
+    root, result = gloo_stopped
     # horovodrun reports the first rank's status (75, "run again with resume") and exits 1.
     assert result.returncode == 1 and "Exit code: 75" in result.stderr, result.stderr[-3000:]
     # Rank 0 got the signal before batch 3 of epoch 1; both ranks stopped after that batch:
@@ -62,14 +43,14 @@ def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(small_file, stra
     assert saved(root / "checkpoints") == ["PREEMPTED", "best.keras", "epoch-0001-sample-000000032.keras",
                                            "epoch-0001.keras"]
     assert (root / "checkpoints" / "PREEMPTED").read_text() == "1 32\n"
-    checkpoints, resumed = resume(small_file, stopped, tmp_path, 2, "--batch-size", 4)
+    checkpoints, resumed = resume(small_file, gloo_stopped, tmp_path, 2, "--batch-size", 4)
     assert not (checkpoints / "PREEMPTED").exists()
     assert report(resumed, 0)["epochs"] == [1, 2]
-    for a, b in zip(weights(resumed, 0), weights(straight, 0)):
+    for a, b in zip(weights(resumed, 0), weights(gloo_straight, 0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # The summary says where it resumed, and best.keras is the epoch of the lowest val_loss
     # over the whole run (its first epochs were the stopped run's).
-    val_loss = report(straight, 0)["history"]["val_loss"]
+    val_loss = report(gloo_straight, 0)["history"]["val_loss"]
     best = int(np.argmin(val_loss)) + 1
     fields = dict(item.split("=", 1) for item in report(resumed, 0)["summary"].removeprefix("summary: ").split())
     assert (fields["ranks"], fields["epochs"], fields["resumed_from"]) == ("2", "2", "epoch:1,sample:32")
@@ -83,22 +64,22 @@ def test_signal_stops_all_ranks_at_one_step_and_resume_is_exact(small_file, stra
                                         "validation_ratio", "version"]
 
 
-def test_the_same_global_batch_on_another_rank_count_gives_the_same_weights(small_file, straight, stopped, tmp_path):
+def test_the_same_global_batch_on_another_rank_count_gives_the_same_weights(small_file, gloo_straight, gloo_stopped, tmp_path):
     """Stopped on 2 ranks x 4, resumed on 1 rank x 8: the same samples in the same global
     batches at the same learning rates, so the weights of the uninterrupted 2 x 4 run."""
-    _, resumed = resume(small_file, stopped, tmp_path, 1, "--batch-size", 8)
+    _, resumed = resume(small_file, gloo_stopped, tmp_path, 1, "--batch-size", 8)
     assert report(resumed, 0)["size"] == 1 and report(resumed, 0)["epochs"] == [1, 2]
-    for a, b in zip(weights(resumed, 0), weights(straight, 0)):
+    for a, b in zip(weights(resumed, 0), weights(gloo_straight, 0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("ranks, batch", [(1, 16), (2, 8)])
-def test_every_sample_is_trained_once_across_a_change_of_global_batch(small_file, stopped, tmp_path, ranks, batch):
+def test_every_sample_is_trained_once_across_a_change_of_global_batch(small_file, gloo_stopped, tmp_path, ranks, batch):
     """2 x 4 trained the first 32 samples of epoch 1's order; the resumed run with a global
     batch of 16 trains the other 38 in ceil(38 / 16) = 3 global batches, padded (remainder
     'pad') with the first 10 of the order, as an uninterrupted epoch would be."""
-    root, _ = stopped
-    _, resumed = resume(small_file, stopped, tmp_path, ranks, "--batch-size", batch)
+    root, _ = gloo_stopped
+    _, resumed = resume(small_file, gloo_stopped, tmp_path, ranks, "--batch-size", batch)
     train_set = sharding.split(101, 0.3, seed=0).train
     assert train_set.size == 70
 
