@@ -23,9 +23,12 @@ batch size, each written the way its users write it:
     (the ``tf.data`` pipeline ``train_model`` hands to Keras), with ``train_model``'s defaults;
 ``torch-dataloader``
     PyTorch ``DataLoader(num_workers=k, pin_memory=False)`` over an h5py ``Dataset`` whose
-    ``__getitem__`` reads one clip, the file opened lazily in each worker;
+    ``__getitem__`` reads one clip (:class:`PeerClips`: JPEG clips decoded by simplejpeg), the
+    file opened lazily in each worker;
 ``tfdata``
     ``tf.data.Dataset.from_generator`` over h5py reads of each batch, ``prefetch(AUTOTUNE)``;
+    clips that need decoding (JPEG, zstd) are read and decoded one per call of a
+    ``map(num_parallel_calls=AUTOTUNE)``, tf.data's recipe for per-item work;
 ``seed``
     the original tutorial's generator: ``X[sorted_batch]``, ``Y[sorted_batch]`` per batch
     (h5py fancy indexing), read when the step asks for it.
@@ -234,8 +237,10 @@ def settings(config: Config) -> str:
                           f"ShardedSequence(threads={config.threads or default_threads()}), through Feeder.dataset() "
                           "as train_model",
         "torch-dataloader": f"DataLoader(num_workers={config.torch_workers}, prefetch_factor=2, pin_memory=False), "
-                            "one h5py read per clip, labels loaded once per worker",
-        "tfdata": "from_generator, one h5py read per clip into the batch, prefetch(AUTOTUNE)",
+                            "one h5py read per clip (JPEG: then simplejpeg per frame), labels loaded once per worker",
+        "tfdata": "from_generator, one h5py read per clip into the batch, prefetch(AUTOTUNE); for clips that need "
+                  "decoding (JPEG: simplejpeg per frame; zstd: h5py with hdf5plugin), map(read and decode one clip, "
+                  "num_parallel_calls=AUTOTUNE), batch, prefetch(AUTOTUNE)",
         "seed": "X[sorted_batch], Y[sorted_batch] per batch, read when the step asks",
     }[config.loader]
 
@@ -261,20 +266,70 @@ def open_loader(config: Config, rank: int, size: int):
     raise ValueError(f"loader must be one of {LOADERS}. Received: {config.loader!r}")
 
 
-class ClipDataset:
-    """The common PyTorch recipe: one clip per ``__getitem__``, the file opened lazily in each
-    worker process (an h5py handle must not cross a fork)."""
+class PeerClips:
+    """How an h5py user reads one clip of ``X`` without this package, for the peer loaders:
+    one h5py read per clip. A raw or compressed ``X`` is a dataset (``hdf5plugin`` imported, as
+    its users must, so that h5py decodes zstd); a JPEG-clip ``X`` (``distributed_h5.data.jpeg``'s
+    layout) is the clip's frame bytes read in one slice of ``X/bytes`` at ``X/offsets`` (small:
+    loaded once, like the labels), each frame decoded by simplejpeg (libjpeg-turbo, the same
+    decoder and settings as the package's reader) into the channels-first clip."""
 
     def __init__(self, path: str):
-        self.path, self.file = path, None
-
-    def _open(self):
         import h5py
+        import hdf5plugin  # noqa: F401  (registers the zstd filter with h5py)
         import numpy as np
 
-        self.file = h5py.File(self.path, "r", locking=False)
-        self.x = self.file["X"]
-        self.labels = np.argmax(self.file["Y"][:], axis=1)  # small: loaded once
+        self.file = h5py.File(path, "r", locking=False)
+        x = self.file["X"]
+        self.jpeg = isinstance(x, h5py.Group) and x.attrs.get("codec") == "jpeg"
+        if self.jpeg:
+            self.frames, channels, rows, cols = (int(n) for n in x.attrs["shape"][1:])
+            self.clip_shape, self.dtype = (self.frames, channels, rows, cols), np.dtype(np.uint8)
+            self.colorspace = {1: "GRAY", 3: "RGB"}[channels]
+            self.offsets, self.bytes = x["offsets"][:].astype(np.int64), x["bytes"]
+        else:
+            self.x, self.clip_shape, self.dtype = x, x.shape[1:], x.dtype
+        self.labels = np.argmax(self.file["Y"][: int(self.file.attrs["sample_count"])], axis=1)  # small: loaded once
+
+    @property
+    def decodes(self) -> bool:
+        """Whether a clip needs decoding (JPEG, or any HDF5 filter): work worth running in parallel."""
+        return self.jpeg or self.x.id.get_create_plist().get_nfilters() > 0
+
+    def read(self, index: int, out) -> None:
+        """Clip ``index`` into ``out`` (frames, channels, rows, cols)."""
+        import numpy as np
+
+        if not self.jpeg:
+            self.x.read_direct(out[None], np.s_[index : index + 1])
+            return
+        import simplejpeg
+
+        starts = self.offsets[index * self.frames : (index + 1) * self.frames + 1]
+        data = self.bytes[starts[0] : starts[-1]]  # the clip's frames: one h5py read
+        relative = (starts - starts[0]).tolist()
+        for frame in range(self.frames):
+            image = simplejpeg.decode_jpeg(data[relative[frame] : relative[frame + 1]], self.colorspace)
+            out[frame] = image.transpose(2, 0, 1)
+
+    def clip(self, index: int):
+        import numpy as np
+
+        out = np.empty(self.clip_shape, dtype=self.dtype)
+        self.read(int(index), out)
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ClipDataset:
+    """The common PyTorch recipe: one clip per ``__getitem__`` (:class:`PeerClips`: an h5py read,
+    and for JPEG clips a simplejpeg decode of each frame), the file opened lazily in each worker
+    process (an h5py handle must not cross a fork)."""
+
+    def __init__(self, path: str):
+        self.path, self.clips = path, None
 
     def __len__(self):
         import h5py
@@ -283,9 +338,9 @@ class ClipDataset:
             return int(file.attrs["sample_count"])
 
     def __getitem__(self, index):
-        if self.file is None:
-            self._open()
-        return self.x[index], int(self.labels[index])
+        if self.clips is None:
+            self.clips = PeerClips(self.path)
+        return self.clips.clip(index), int(self.clips.labels[index])
 
 
 def _torch_loader(config: Config, batches):
@@ -298,25 +353,45 @@ def _torch_loader(config: Config, batches):
 
 
 def _tfdata_loader(config: Config, info, batches):
-    import h5py
     import numpy as np
     import tensorflow as tf
 
+    clips = PeerClips(config.file)
+    if clips.decodes:
+        # Clips that need decoding: tf.data's recipe for per-item Python work, a parallel map.
+        return _tfdata_parallel_map(config, info, batches, clips)
+
     def generate():
-        with h5py.File(config.file, "r", locking=False) as file:
-            x, labels = file["X"], np.argmax(file["Y"][: info.sample_count], axis=1)
-            for batch in batches:
-                # One read per clip: on a file chunked by clip it is far faster than fancy indexing.
-                out = np.empty((batch.size, *info.clip_shape), dtype=info.dtype)
-                for row, index in enumerate(batch):
-                    x.read_direct(out, np.s_[index : index + 1], np.s_[row : row + 1])
-                one_hot = np.zeros((batch.size, info.classes), dtype=np.float32)  # per batch: no classes**2 identity
-                one_hot[np.arange(batch.size), labels[batch]] = 1
-                yield out, one_hot
+        for batch in batches:
+            # One read per clip: on a file chunked by clip it is far faster than fancy indexing.
+            out = np.empty((batch.size, *info.clip_shape), dtype=info.dtype)
+            for row, index in enumerate(batch):
+                clips.read(int(index), out[row])
+            one_hot = np.zeros((batch.size, info.classes), dtype=np.float32)  # per batch: no classes**2 identity
+            one_hot[np.arange(batch.size), clips.labels[batch]] = 1
+            yield out, one_hot
 
     signature = (tf.TensorSpec((config.batch_size, *info.clip_shape), tf.as_dtype(info.dtype)),
                  tf.TensorSpec((config.batch_size, info.classes), tf.float32))
     return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+
+
+def _tfdata_parallel_map(config: Config, info, batches, clips: PeerClips):
+    """Read and decode each clip in ``map(num_parallel_calls=AUTOTUNE)``, in the plan's order, then batch."""
+    import numpy as np
+    import tensorflow as tf
+
+    order = np.concatenate(batches).astype(np.int64)
+
+    def load(index, label):
+        clip = tf.numpy_function(clips.clip, [index], tf.as_dtype(info.dtype), stateful=False)
+        clip.set_shape(info.clip_shape)
+        return clip, tf.one_hot(label, info.classes, dtype=tf.float32)
+
+    return (tf.data.Dataset.from_tensor_slices((order, clips.labels[order]))
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(config.batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def _seed_loader(config: Config, batches):

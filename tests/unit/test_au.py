@@ -200,3 +200,29 @@ def test_a_loader_asked_for_by_name_that_cannot_run_is_one_line_before_any_work(
     assert (captured.out, captured.err) == ("", (
         "distributed-h5 bench: error: --loaders torch-dataloader: PyTorch is not installed (pip install torch, or pip "
         "install 'distributed_h5[bench-torch]')\n"))
+
+
+@pytest.fixture(scope="module")
+def jpeg_file(tmp_path_factory):
+    from distributed_h5.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("au-jpeg") / "jpeg.h5", samples=12, frames=4, channels=3,
+                          size=(16, 24), classes=3, seed=5, progress=False, codec="jpeg")
+
+
+@pytest.mark.parametrize("layout", ["jpeg", "zstd", "clip-chunks"])
+def test_the_peers_read_each_clip_as_the_package_does_with_h5py_and_simplejpeg(files, jpeg_file, layout):
+    """The peer loaders' own recipe (per-item h5py read, simplejpeg per JPEG frame) gives the reader's pixels."""
+    import numpy as np
+
+    from distributed_h5.data.reader import BatchReader
+
+    path = str(jpeg_file if layout == "jpeg" else files[layout])
+    with BatchReader(path) as reader:
+        expected, labels = reader.read(np.array([0, 3, 7]))
+    dataset = au.ClipDataset(path)
+    clips = [dataset[i] for i in (0, 3, 7)]
+    assert np.array_equal(np.stack([clip for clip, _ in clips]), expected)
+    assert [label for _, label in clips] == np.argmax(labels, axis=1).tolist()
+    assert dataset.clips.decodes == (layout != "clip-chunks")
+    dataset.clips.close()
