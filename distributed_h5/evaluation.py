@@ -33,6 +33,7 @@ from . import checkpoints, replicas
 from .engines import collective as collectives
 from .data import sharding
 from .data.augment import Augment, Views
+from .data.checks import positive_pair
 from .data.dataset import DatasetError, describe, open_file
 from .data.outputs import atomic_write, printable, pyplot
 from .data.reader import BatchReader
@@ -63,13 +64,7 @@ class Evaluation:
 
 # --- views ---------------------------------------------------------------------------------
 def _check_views(views) -> tuple[int, int]:
-    try:
-        temporal, spatial = (int(v) for v in views)
-    except (TypeError, ValueError):
-        raise ValueError(f"views must be two integers >= 1 (temporal, spatial). Received: views={views!r}") from None
-    if temporal < 1 or spatial < 1 or tuple(views) != (temporal, spatial):
-        raise ValueError(f"views must be two integers >= 1 (temporal, spatial). Received: views={views!r}")
-    return temporal, spatial
+    return positive_pair("views", views, meaning="temporal, spatial")
 
 
 def _positions(free: int, count: int, what: str) -> list[int]:

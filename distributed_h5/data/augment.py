@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .checks import positive_int
+from .checks import positive_int, positive_pair
 
 # Mixed into every sample's key, so these draws never coincide with another use of (seed, epoch, index).
 _STREAM = 0x61756720  # "aug "
@@ -45,18 +45,6 @@ class Views(NamedTuple):
     top: np.ndarray
     left: np.ndarray
     flip: np.ndarray
-
-
-def _pair(name, value):
-    if value is None:
-        return None
-    try:
-        pair = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be two integers >= 1 or None. Received: {name}={value!r}") from None
-    if len(pair) != 2 or min(pair) < 1 or any(int(v) != v for v in value):
-        raise ValueError(f"{name} must be two integers >= 1 or None. Received: {name}={value!r}")
-    return pair
 
 
 @dataclass(frozen=True)
@@ -89,8 +77,8 @@ class Augment:
     def __post_init__(self):
         positive_int("clip_frames", self.clip_frames, optional=True)
         positive_int("frame_stride", self.frame_stride)
-        object.__setattr__(self, "crop", _pair("crop", self.crop))
-        object.__setattr__(self, "scale", _pair("scale", self.scale))
+        object.__setattr__(self, "crop", positive_pair("crop", self.crop, optional=True))
+        object.__setattr__(self, "scale", positive_pair("scale", self.scale, optional=True))
         if self.scale is not None and self.scale[0] > self.scale[1]:
             raise ValueError(f"scale must be (low, high) with low <= high. Received: scale={self.scale!r}")
         if not isinstance(self.flip, (bool, np.bool_)):

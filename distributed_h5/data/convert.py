@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from ..engines import launcher as runtime
 from . import jpeg
+from .checks import positive_int, positive_pair
 from .synthetic import CHUNKINGS, CODECS, COMPRESSIONS, compression_options
 from .outputs import atomic_write, check_output, printable
 
@@ -661,8 +662,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, frames: int, s
         jpeg.check_options(quality, subsampling)
     if split_side not in SPLIT_SIDES:
         raise ValueError(f"split_side must be one of {SPLIT_SIDES}. Received: split_side={split_side!r}")
-    if frames < 1 or min(size) < 1 or part_videos < 1:
-        raise ValueError(f"frames, size and part_videos must be >= 1. Received: {frames}, {size}, {part_videos}")
+    positive_int("frames", frames)
+    positive_pair("size", size, meaning="rows, cols")
+    positive_int("part_videos", part_videos)
     _check_not_an_input(out, source, classes_from, split_file)
     out = check_output(out)  # on every rank, so each reports the same line before any work
     try:

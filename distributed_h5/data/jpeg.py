@@ -46,6 +46,8 @@ import h5py
 import numpy as np
 import simplejpeg
 
+from .checks import positive_int
+
 CODEC = "jpeg"
 SUBSAMPLINGS = ("444", "420")
 DEFAULT_QUALITY = 90
@@ -126,8 +128,7 @@ class JpegWriter:
         self.clip_shape = _check_clip_shape(clip_shape)
         if samples is not None and (not isinstance(samples, (int, np.integer)) or samples < 0):
             raise ValueError(f"samples must be None or an integer >= 0. Received: samples={samples!r}")
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1. Received: threads={threads!r}")
+        positive_int("threads", threads)
         if name in file:
             raise ValueError(f"{file.file.filename}: '{name}' already exists; expected a new name")
         self.file, self.name, self.samples = file, name, samples
@@ -425,8 +426,7 @@ class JpegClips:
     def __init__(self, path: str | os.PathLike, *, name: str = "X", threads: int | None = None,
                  locking: bool = False):
         threads = default_threads() if threads is None else threads
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1. Received: threads={threads!r}")
+        positive_int("threads", threads)
         self.path = os.fspath(path)
         self._fd = self._pool = None
         with h5py.File(self.path, "r", locking=locking) as file:

@@ -45,6 +45,7 @@ import h5py
 import numpy as np
 
 from . import jpeg
+from .checks import positive_int
 from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, probe_indices, read_clips, read_labels,
                       validate)
 
@@ -96,8 +97,7 @@ class BatchReader:
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None, locking: bool = False,
                  allow_unwritten: bool = False):
         threads = default_threads() if threads is None else threads
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1. Received: threads={threads!r}")
+        positive_int("threads", threads)
         self._file = open_file(path, locking=locking)
         self._fd = None
         self._pool = None
@@ -261,9 +261,8 @@ class BatchReader:
                 cols), the file's dtype.
         """
         stored = self.info.clip_shape[0]
-        for name, value in (("frames", frames), ("stride", stride)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+        positive_int("frames", frames)
+        positive_int("stride", stride)
         span = (frames - 1) * stride + 1
         indices = np.asarray(indices, dtype=np.int64)
         starts = np.asarray(starts, dtype=np.int64)

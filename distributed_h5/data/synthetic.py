@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import jpeg
+from .checks import positive_int, positive_pair
 from .outputs import atomic_write, check_output
 
 CHUNKINGS = ("clip", "none")
@@ -102,10 +103,8 @@ def make_synthetic(
         >>> make_synthetic("demo.h5", samples=64, frames=8, size=(32, 32))  # doctest: +SKIP
     """
     for name, value in (("samples", samples), ("frames", frames), ("channels", channels), ("classes", classes)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be two integers >= 1 (rows, cols). Received: size={size!r}")
+        positive_int(name, value)
+    size = positive_pair("size", size, meaning="rows, cols")
     if chunks not in CHUNKINGS:
         raise ValueError(f"chunks must be one of {CHUNKINGS}. Received: chunks={chunks!r}")
     if compression not in COMPRESSIONS:

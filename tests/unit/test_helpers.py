@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from distributed_h5.data import sharding
-from distributed_h5.data.checks import positive_int
+from distributed_h5.data.checks import positive_int, positive_pair
 from distributed_h5.data.outputs import atomic_write, pyplot
 
 
@@ -38,6 +38,35 @@ def test_the_callers_share_its_words():
         sharding.shard(10, batch_size=0)
     with pytest.raises(ValueError, match=r"^size must be an integer >= 1. Received: size=0$"):
         sharding.check_rank(0, 0)
+
+
+@pytest.mark.parametrize("value", [(64, 48), [64, 48], np.array([64, 48]), (np.int64(64), 48.0)])
+def test_positive_pair_returns_two_ints(value):
+    pair = positive_pair("size", value, meaning="rows, cols")
+    assert pair == (64, 48) and all(type(v) is int for v in pair)
+
+
+@pytest.mark.parametrize("value", [(64, 0), (64,), (64, 48, 3), (64, 2.5), ("a", 1), 64, None])
+def test_positive_pair_refuses_the_rest_in_one_line(value):
+    with pytest.raises(ValueError) as raised:
+        positive_pair("size", value, meaning="rows, cols")
+    assert str(raised.value) == f"size must be two integers >= 1 (rows, cols). Received: size={value!r}"
+
+
+def test_positive_pair_optional_takes_none_and_says_so():
+    assert positive_pair("crop", None, optional=True) is None
+    with pytest.raises(ValueError, match=r"^crop must be two integers >= 1 or None. Received: crop=\(0, 4\)$"):
+        positive_pair("crop", (0, 4), optional=True)
+
+
+def test_the_pair_callers_share_its_words(tmp_path):
+    from distributed_h5.data.augment import Augment
+    from distributed_h5.data.synthetic import make_synthetic
+
+    with pytest.raises(ValueError, match=r"^scale must be two integers >= 1 or None. Received: scale=\(8,\)$"):
+        Augment(scale=(8,))
+    with pytest.raises(ValueError, match=r"^size must be two integers >= 1 \(rows, cols\). Received: size=\(8, 0\)$"):
+        make_synthetic(tmp_path / "d.h5", samples=2, size=(8, 0))
 
 
 def test_atomic_write_renames_a_complete_file_and_leaves_nothing_else(tmp_path):
