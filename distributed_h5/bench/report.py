@@ -1,10 +1,14 @@
 """Write docs/BENCHMARKS.md from the files ``make bench`` produced in bench-results/.
 
     python -m distributed_h5.bench.report bench-results docs/BENCHMARKS.md
+
+``--only codecs`` rewrites only the real-frame codec section of an existing file (after
+``make bench-codecs`` alone), leaving every other figure as it was.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -151,6 +155,7 @@ def au_eviction(results: Path) -> str:
     found = [line for line in path.read_text().splitlines() if "after eviction" in line] if path.exists() else []
     return found[0] if found else "(no cold run)"
 
+CODECS_HEADING = "## Real frames: the clip codecs (`make bench-codecs`)"
 CODECS_MISSING = ("(no bench-results/codecs.json: run `make bench-codecs` (`scripts/bench-codecs.sh`, about 15 minutes; "
                   "`DH5_CODEC_CLIPS=N` for fewer clips, `DH5_CODEC_RANKS=1,2` for fewer rank counts) to measure the "
                   "real-frame files, then `make bench` or `python -m distributed_h5.bench.report bench-results "
@@ -171,7 +176,7 @@ def codecs_section(results: Path) -> str:
     :func:`~distributed_h5.bench.codecs.accelerators_fed` beside the measured AU."""
     from .au import AU_TARGET, Row, most_ranks_kept
 
-    heading = "## Real frames: the clip codecs (`make bench-codecs`)\n\n"
+    heading = CODECS_HEADING + "\n\n"
     path = results / "codecs.json"
     if not path.exists():
         return heading + CODECS_MISSING + "\n"
@@ -245,9 +250,30 @@ def codecs_section(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_section(text: str, section: str) -> str:
+    """``text`` with the section under ``section``'s first line (its heading) replaced by ``section``,
+    up to the next ``## `` heading; appended at the end when ``text`` has no such heading."""
+    heading = section.splitlines()[0]
+    start = text.find(heading + "\n")
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.find("\n## ", start + len(heading))
+    return text[:start] + section + ("" if end < 0 else "\n" + text[end + 1 :])
+
+
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    results, out = Path(argv[0]), Path(argv[1])
+    parser = argparse.ArgumentParser(prog="python -m distributed_h5.bench.report", description=__doc__.split("\n")[0])
+    parser.add_argument("results", type=Path, help="the folder make bench writes (bench-results)")
+    parser.add_argument("out", type=Path, help="the Markdown file to write (docs/BENCHMARKS.md)")
+    parser.add_argument("--only", choices=["codecs"], help="rewrite only this section of an existing OUT")
+    args = parser.parse_args(argv)
+    results, out = args.results, args.out
+    if args.only == "codecs":
+        if not out.exists():
+            parser.error(f"--only codecs rewrites a section of an existing file; no such file: {out}")
+        out.write_text(with_section(out.read_text(), codecs_section(results)))
+        print(f"wrote the codec section of {out}")
+        return
     template = (Path(__file__).with_name("BENCHMARKS.md.in")).read_text()
     text = template.format(
         machine=machine(),
@@ -263,7 +289,8 @@ def main(argv=None) -> None:
         au_eviction=au_eviction(results),
         projections="\n\n".join(f"```\n{path.read_text().rstrip()}\n```" for path in sorted(results.glob("projection*.txt"))),
     )
-    text = text.rstrip("\n") + "\n\n" + codecs_section(results)  # the template has no slot for it yet
+    # BENCHMARKS.md.in has no slot for the codec section: it goes last.
+    text = with_section(text, codecs_section(results))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"wrote {out}")

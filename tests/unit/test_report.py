@@ -66,3 +66,15 @@ def test_without_results_the_section_says_how_to_produce_them(tmp_path):
     assert report.codecs_section(tmp_path) == (
         "## Real frames: the clip codecs (`make bench-codecs`)\n\n" + report.CODECS_MISSING + "\n")
     assert "run `make bench-codecs`" in report.CODECS_MISSING
+
+
+def test_only_codecs_rewrites_that_section_and_leaves_the_rest(tmp_path):
+    (tmp_path / "results").mkdir()
+    results = _results(tmp_path / "results")
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nio figures\n\n" + report.CODECS_HEADING + "\n\nold figures\n\n## Projection\n\nkept\n")
+    report.main([str(results), str(doc), "--only", "codecs"])
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nio figures\n\n" + report.CODECS_HEADING + "\n\n4 clips of")
+    assert "old figures" not in text and text.endswith("at most 1.1 accelerators' worth of clips.\n\n## Projection\n\nkept\n")
+    assert report.with_section("# B\n", "## S\n\nnew\n") == "# B\n\n## S\n\nnew\n"  # no such section: appended
