@@ -35,7 +35,7 @@ from .data import sharding
 from .data.augment import Augment, Views
 from .data.checks import positive_pair
 from .data.dataset import DatasetError, describe, open_file
-from .data.outputs import atomic_write, printable, pyplot
+from .data.outputs import atomic_write, printable, pyplot, save_figure
 from .data.reader import BatchReader
 from .engines.launcher import world
 from .models import load_keras_model
@@ -488,9 +488,4 @@ def _plot_confusion(counts: np.ndarray, names: list[str], png: Path) -> None:
                       color="white" if count > counts.max() / 2 else "black")
     accuracy = np.trace(counts) / max(1, counts.sum())
     axis.set(xlabel="predicted", ylabel="true", title=f"{counts.sum()} clips, accuracy {accuracy:.3f}")
-    figure.tight_layout()
-    try:
-        with atomic_write(png) as partial:
-            figure.savefig(partial, format="png")
-    finally:
-        plt.close(figure)
+    save_figure(figure, png, format="png")

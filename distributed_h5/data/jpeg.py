@@ -47,6 +47,7 @@ import numpy as np
 import simplejpeg
 
 from .checks import positive_int
+from .preads import DescriptorReader, default_threads, pread_full
 
 CODEC = "jpeg"
 SUBSAMPLINGS = ("444", "420")
@@ -396,12 +397,7 @@ def _probe_clip(group: h5py.Group, clip: int, frames: int, shape: tuple[int, int
     return problems
 
 
-def default_threads() -> int:
-    """Decoder threads when none are asked for: the usable cores, at most 4 (as the reader)."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
-
-
-class JpegClips:
+class JpegClips(DescriptorReader):
     """Decodes clips of a JPEG-layout ``X`` into a caller's array, in threads, without HDF5 on the hot path.
 
     At open, :func:`validate_jpeg_x` checks the group, the offsets are read once and the file
@@ -520,13 +516,10 @@ class JpegClips:
         if self._buffers[worker].size < size:
             self._buffers[worker] = np.empty(max(size, 2 * self._buffers[worker].size), dtype=np.uint8)
         view = memoryview(self._buffers[worker])[:size]
-        done = 0
-        while done < size:
-            got = os.preadv(self._fd, [view[done:]], self._base + offset + done)
-            if got == 0:
-                raise ValueError(f"{self.data_path}: unexpected end of file at byte {self._base + offset + done} "
-                                 f"reading '{self.name}/bytes' (truncated?)")
-            done += got
+        done = pread_full(self._fd, view, self._base + offset)
+        if done < size:
+            raise ValueError(f"{self.data_path}: unexpected end of file at byte {self._base + offset + done} "
+                             f"reading '{self.name}/bytes' (truncated?)")
         return view
 
     def _decode(self, worker: int, data: memoryview, key: int, target: np.ndarray) -> None:
@@ -556,20 +549,3 @@ class JpegClips:
             frames = self.clip_shape[0]
             raise ValueError(f"{self.path}: clip {key // frames} frame {key % frames} of '{self.name}' is a JPEG of "
                              f"(rows, cols, channels) {shape}, expected {self._frame_shape}")
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> JpegClips:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __reduce__(self):
-        raise TypeError("JpegClips holds an open file and cannot be pickled; open one per process")

@@ -1,5 +1,6 @@
 """Checks on an output file's path before any work is done, text that can always be written,
-the one atomic write (:func:`atomic_write`) and the one way to plot (:func:`pyplot`).
+the one atomic write (:func:`atomic_write`) and the one way to plot (:func:`pyplot`,
+:func:`save_figure`).
 Imports nothing beyond the standard library (matplotlib when a plot is drawn).
 
 Writers here (``make-synthetic``, ``convert``) write ``OUT.partial`` next to ``OUT`` and
@@ -103,3 +104,16 @@ def pyplot(output: str | os.PathLike):
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(figure, path: str | os.PathLike, **savefig) -> None:
+    """Lay ``figure`` out tight, write it to ``path`` through :func:`atomic_write` (``savefig``'s
+    keywords passed on; the format from ``path``'s suffix unless ``format=`` says) and close it,
+    written or not: a figure left open holds its memory until the process ends."""
+    plt = pyplot(path)
+    try:
+        figure.tight_layout()
+        with atomic_write(path) as partial:
+            figure.savefig(partial, **savefig)
+    finally:
+        plt.close(figure)

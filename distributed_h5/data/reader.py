@@ -48,6 +48,7 @@ from . import jpeg
 from .checks import positive_int
 from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, probe_indices, read_clips, read_labels,
                       validate)
+from .preads import DescriptorReader, default_threads, pread_full
 
 NATIVE = "<" if np.little_endian else ">"
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
@@ -67,18 +68,13 @@ def _zstd_decompress(raw: bytearray, size: int) -> bytes:
     return zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
 
 
-def default_threads() -> int:
-    """Reader threads when none are asked for: the usable cores, at most 4."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
-
-
 def _runs(keys: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Start and end positions of the runs in ``keys`` where each key is the previous + ``step``."""
     breaks = np.flatnonzero(np.diff(keys) != step) + 1
     return np.r_[0, breaks], np.r_[breaks, keys.size]
 
 
-class BatchReader:
+class BatchReader(DescriptorReader):
     """Reads batches of clips and their one-hot labels from a validated HDF5 video file.
 
     Open one per process (h5py handles must not cross a fork); it is not picklable.
@@ -394,12 +390,9 @@ class BatchReader:
         return self._chunk_offsets[indices // k] + (indices % k) * self.info.clip_bytes
 
     def _pread(self, view: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
-            if got == 0:
-                raise DatasetError(f"{self._where()}: unexpected end of file at byte {offset + done} (truncated?)")
-            done += got
+        done = pread_full(self._fd, view, offset)
+        if done < len(view):
+            raise DatasetError(f"{self._where()}: unexpected end of file at byte {offset + done} (truncated?)")
 
     def _pread_rows(self, pieces, indices, rows) -> None:
         for begin, end, offset in pieces:
@@ -427,19 +420,5 @@ class BatchReader:
         if self._jpeg is not None:
             self._jpeg.close()
             self._jpeg = None
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        super().close()  # the pool, then the descriptor
         self._file.close()
-
-    def __enter__(self) -> BatchReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __reduce__(self):
-        raise TypeError("BatchReader holds an open file and cannot be pickled; open one per process")

@@ -12,7 +12,7 @@ import pytest
 
 from distributed_h5.data import sharding
 from distributed_h5.data.checks import positive_int, positive_pair
-from distributed_h5.data.outputs import atomic_write, pyplot
+from distributed_h5.data.outputs import atomic_write, pyplot, save_figure
 
 
 @pytest.mark.parametrize("value", [1, 7, np.int64(3)])
@@ -138,6 +138,26 @@ def test_pyplot_draws_without_a_display(tmp_path):
     assert matplotlib.get_backend().lower() == "agg"
     figure, _ = plt.subplots()
     plt.close(figure)
+
+
+def test_save_figure_writes_whole_and_closes(tmp_path):
+    pytest.importorskip("matplotlib")
+    plt = pyplot(tmp_path / "curves.png")
+    figure, _ = plt.subplots()
+    save_figure(figure, tmp_path / "curves.png", dpi=50)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+    assert figure.number not in plt.get_fignums()
+
+
+def test_save_figure_closes_and_leaves_nothing_when_it_fails(tmp_path):
+    pytest.importorskip("matplotlib")
+    plt = pyplot(tmp_path / "curves.png")
+    figure, _ = plt.subplots()
+    with pytest.raises(ValueError, match="Format 'nope' is not supported"):
+        save_figure(figure, tmp_path / "curves.png", format="nope")
+    assert list(tmp_path.iterdir()) == []
+    assert figure.number not in plt.get_fignums()
 
 
 def test_file_plan_is_the_plan_sequence_and_evaluation_use(files):

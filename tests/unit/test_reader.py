@@ -132,6 +132,43 @@ def test_reader_cannot_be_pickled(files):
         pickle.dumps(reader)
 
 
+def test_reader_cannot_be_pickled_and_says_which(files):
+    import pickle
+
+    with BatchReader(files["contiguous"]) as reader:
+        with pytest.raises(TypeError) as raised:
+            pickle.dumps(reader)
+    assert str(raised.value) == "BatchReader holds an open file and cannot be pickled; open one per process"
+    assert reader._fd is None and reader._pool is None  # closed by the with
+
+
+def test_pread_full_retries_short_reads_and_stops_at_the_end(tmp_path, monkeypatch):
+    import os
+
+    from distributed_h5.data.preads import pread_full
+
+    path = tmp_path / "bytes"
+    path.write_bytes(bytes(range(10)))
+    real_preadv = os.preadv
+    calls = []
+
+    def three_at_a_time(fd, buffers, offset):
+        calls.append(offset)
+        return real_preadv(fd, [buffers[0][:3]], offset)
+
+    monkeypatch.setattr(os, "preadv", three_at_a_time)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        whole = bytearray(8)
+        assert pread_full(fd, memoryview(whole), 1) == 8
+        assert whole == bytes(range(1, 9)) and calls == [1, 4, 7]
+        past_the_end = bytearray(6)
+        assert pread_full(fd, memoryview(past_the_end), 7) == 3  # bytes 7, 8, 9, then the end
+        assert past_the_end == bytes([7, 8, 9, 0, 0, 0])
+    finally:
+        os.close(fd)
+
+
 def test_bad_threads(files):
     with pytest.raises(ValueError, match="threads must be an integer >= 1. Received: threads=0"):
         BatchReader(files["contiguous"], threads=0)

@@ -1,0 +1,54 @@
+"""What the two readers that bypass HDF5 share (:class:`.reader.BatchReader` and
+:class:`.jpeg.JpegClips`): the default thread count, a ``preadv`` that fills its buffer, and
+the lifetime of an open descriptor and thread pool. Imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+
+def default_threads() -> int:
+    """Reader and decoder threads when none are asked for: the usable cores, at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Read ``len(view)`` bytes of ``fd`` at ``offset`` into ``view``, again after a short read;
+    return the bytes read, fewer than ``len(view)`` only where the file ends (the caller names
+    the file and the object in its error)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+class DescriptorReader:
+    """Base of a reader that holds a descriptor (``_fd``) and a thread pool (``_pool``), each
+    None until opened: :meth:`close` releases both (a subclass closes its own around
+    ``super().close()``); a context manager; not picklable, since a descriptor does not cross
+    processes."""
+
+    _fd: int | None = None
+    _pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __reduce__(self):
+        raise TypeError(f"{type(self).__name__} holds an open file and cannot be pickled; open one per process")
