@@ -17,6 +17,6 @@ import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["opt
 fi
 command=(python -m distributed_h5.bench.codecs --clips "${DH5_CODEC_CLIPS:-2048}" --out data/codecs
          --ranks "${DH5_CODEC_RANKS:-1,2,4,8}" --seconds "${DH5_CODEC_SECONDS:-5}" --json bench-results/codecs.json)
-echo "${command[*]}" >bench-results/codecs.command
 echo "+ ${command[*]}"
 "${command[@]}" | tee bench-results/codecs.txt
+echo "${command[*]}" >bench-results/codecs.command  # after the run: it names the command that wrote codecs.json
