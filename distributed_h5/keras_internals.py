@@ -65,3 +65,9 @@ def lay_out(variable, distribution) -> None:
     one device; giving it the distribution's layout makes its next assign place it there."""
     if getattr(variable, "_layout", None) is None:
         variable._layout = distribution.get_variable_layout(variable).backend_layout
+
+
+def lay_out_locally(variable) -> None:
+    """The reverse of :func:`lay_out`: with no ``Variable._layout`` the next assign leaves the
+    value where it is (this process's device), as for a variable made with no distribution."""
+    variable._layout = None

@@ -1,7 +1,8 @@
 """Keep every rank's model replica identical, through a collective. Imports Keras.
 
 * :func:`distributed` averages gradients inside the compiled step, for as long as a block
-  runs, and then leaves the caller's optimizer and ``jit_compile`` exactly as it found them;
+  runs, and then leaves the caller's optimizer and ``jit_compile`` (JAX: the Keras
+  distribution and the variables' placement) exactly as it found them;
 * :func:`broadcast_state` gives every rank rank 0's weights and optimizer state;
 * :func:`average_moving_state` averages what each rank's forward pass updates on its own
   (BatchNormalization's moving mean and variance), so validation, checkpoints and the
@@ -36,11 +37,18 @@ def distributed(model, collective):
         raise ValueError("the model must be compiled with an optimizer. Received: model.optimizer=None")
     if collective.global_step:
         # XLA already averages over the global batch; the step needs the distribution set.
-        # It stays set after the block: the model's variables are laid out over every process.
+        # At exit the caller's distribution is back and every variable is this process's own
+        # again (its local replica), so that a later predict or evaluate runs in one process.
         import keras
 
+        previous = keras.distribution.distribution()
         keras.distribution.set_distribution(collective.distribution)
-        yield model
+        try:
+            yield model
+        finally:
+            keras.distribution.set_distribution(previous)
+            collective.release(_all_variables(model))
+            _drop_compiled_steps(model)  # traced for the distributed variables
         return
     if "apply_gradients" in vars(optimizer):
         raise RuntimeError("the model's optimizer is already distributed (nested train_model?)")
@@ -60,6 +68,15 @@ def distributed(model, collective):
         del optimizer.apply_gradients
         model.jit_compile = jit_compile
         _drop_compiled_steps(model)
+
+
+def _all_variables(model) -> list:
+    """The model's variables, its optimizer's and its compiled metrics', each once."""
+    found = {}
+    optimizer = list(model.optimizer.variables) if model.optimizer is not None else []
+    for variable in [*model.variables, *optimizer, *model.metrics_variables]:
+        found.setdefault(id(variable), variable)
+    return list(found.values())
 
 
 def _drop_compiled_steps(model) -> None:

@@ -42,6 +42,16 @@ class RunSummary:
     monitor: str | None = None
     checkpoints: list[str] = field(default_factory=list)
     elapsed_seconds: float = 0.0
+    # This rank's steps after the run's first ``untimed_steps`` (which trace and compile the
+    # step): how many, and their wall time and wait for data, per step (callbacks included).
+    timed_steps: int = 0
+    step_seconds: float = math.nan
+    data_wait_seconds: float = math.nan
+
+    @property
+    def data_wait_fraction(self) -> float:
+        """The share of the timed steps' wall time spent waiting for data."""
+        return self.data_wait_seconds / self.step_seconds if self.timed_steps else math.nan
 
     def line(self, history) -> str:
         """The one summary line the CLI prints."""
@@ -66,8 +76,11 @@ def evaluate(model, sequence: ShardedSequence, collective) -> dict[str, float]:
 
 
 def _check_arguments(*, epochs, batch_size, keep_checkpoints, warmup_epochs, check_every, precision, learning_rate,
-                     monitor, engine, commit_every):
+                     monitor, engine, commit_every, steps_per_epoch, untimed_steps):
     positive_int("epochs", epochs)
+    positive_int("steps_per_epoch", steps_per_epoch, optional=True)
+    if not isinstance(untimed_steps, (int, np.integer)) or isinstance(untimed_steps, bool) or untimed_steps < 0:
+        raise ValueError(f"untimed_steps must be an integer >= 0. Received: untimed_steps={untimed_steps!r}")
     positive_int("batch_size", batch_size)
     positive_int("keep_checkpoints", keep_checkpoints)
     positive_int("check_every", check_every)
@@ -160,6 +173,8 @@ def train_model(
     engine: str | None = None,
     elastic: bool = False,
     commit_every: int = 8,
+    steps_per_epoch: int | None = None,
+    untimed_steps: int = 1,
 ) -> keras.callbacks.History:
     """Train a compiled Keras ``model`` on the HDF5 file ``path`` across all ranks of the job.
 
@@ -235,6 +250,12 @@ def train_model(
             lost rank costs the steps since the last one (default 8).
         engine: ``"horovod"`` or ``"jax"`` (default: the engine that fits Keras' backend;
             see :func:`init_engine`). A checkpoint written under one resumes under the other.
+        steps_per_epoch: train at most this many steps of each epoch; each epoch still starts
+            at the beginning of its own order, and the rest of it is skipped (a short run, such
+            as ``bench scaling``'s; default None: whole epochs).
+        untimed_steps: the run's first steps left out of ``history.run``'s step timing
+            (``step_seconds``, ``data_wait_seconds``); the first traces and compiles the step
+            (default 1).
 
     Example:
         >>> model = video_classifier((16, 3, 64, 64), classes=4)                 # doctest: +SKIP
@@ -254,7 +275,8 @@ def train_model(
         base_rate = math.nan
     _check_arguments(epochs=epochs, batch_size=batch_size, keep_checkpoints=keep_checkpoints,
                      warmup_epochs=warmup_epochs, check_every=check_every, precision=precision,
-                     learning_rate=base_rate, monitor=monitor, engine=engine, commit_every=commit_every)
+                     learning_rate=base_rate, monitor=monitor, engine=engine, commit_every=commit_every,
+                     steps_per_epoch=steps_per_epoch, untimed_steps=untimed_steps)
     if (resume or stop_signal is not None) and checkpoint_dir is None:
         raise ValueError("resume and stop_signal need a checkpoint_dir. Received: checkpoint_dir=None")
     policy = model.dtype_policy.name
@@ -270,7 +292,7 @@ def train_model(
                          keep_checkpoints=keep_checkpoints, monitor=monitor, workers=workers, prefetch=prefetch,
                          verbose=verbose, callbacks=tuple(callbacks or ()), stop_signal=stop_signal,
                          check_every=check_every, precision=policy, allow_config_change=tuple(allow_config_change),
-                         commit_every=commit_every)
+                         commit_every=commit_every, steps_per_epoch=steps_per_epoch, untimed_steps=untimed_steps)
 
     def attempt(collective, state=None, held=None):
         """Train with the ranks of ``collective``: the whole run, or (elastic) until they change."""
@@ -403,6 +425,8 @@ class RunOptions:
     precision: str
     allow_config_change: tuple
     commit_every: int
+    steps_per_epoch: int | None = None  # a cap on each epoch's steps (a short run)
+    untimed_steps: int = 1  # left out of the summary's step timing
 
 
 @dataclass
@@ -425,6 +449,7 @@ class _Run:
     feeder: Feeder | None = None
     keyed: randomness.SampleKeyed | None = None
     checkpointer: Checkpointer | None = None
+    clock: _StepClock | None = None
 
     @property
     def plan(self):
@@ -497,7 +522,8 @@ def build_callbacks(run: _Run) -> list:
 
     The order matters, and is decided here only:
 
-    1. EpochTiming, SampleKeys and LearningRate first: they only read the Timeline and the Feeder.
+    1. The step clock, EpochTiming, SampleKeys and LearningRate first: they only read the
+       Timeline and the Feeder.
     2. Agreement before GlobalState: a non-finite epoch stops before it is validated or saved.
     3. GlobalState before everything that reads epoch logs (Checkpointer, CSVLogger,
        TensorBoard, Commit, the caller's callbacks): it makes them global and the replicas identical.
@@ -522,7 +548,8 @@ def build_callbacks(run: _Run) -> list:
         # A barrier, so no rank exits (and no launcher kills rank 0) before the checkpoint is on disk.
         collective.barrier()
 
-    callbacks = [EpochTiming(run.feeder, plan.global_batch)]
+    run.clock = _StepClock(run.feeder, options.untimed_steps)
+    callbacks = [run.clock, EpochTiming(run.feeder, plan.global_batch)]
     if run.keyed.active:
         callbacks.append(SampleKeys(run.keyed, run.timeline, ranks=plan.size if collective.global_step else 1))
     if options.scale_learning_rate:
@@ -558,9 +585,12 @@ def _fit(run: _Run, callbacks: list) -> keras.callbacks.History:
 
     def fit(first_epoch: int, only_one: bool = False) -> keras.callbacks.History:
         # shuffle=False: the order is already shuffled by (seed, epoch), identically on every rank.
+        steps = feeder.steps(first_epoch)
+        if options.steps_per_epoch is not None:
+            steps = min(steps, options.steps_per_epoch)
         try:
             return model.fit(feeder.source(), epochs=options.epochs, initial_epoch=first_epoch, shuffle=False,
-                             steps_per_epoch=feeder.steps(first_epoch),
+                             steps_per_epoch=steps,
                              callbacks=callbacks + ([StopAfterEpoch()] if only_one else []),
                              verbose=options.verbose if run.collective.rank == 0 else 0)
         except Exception as exc:
@@ -578,19 +608,65 @@ def _fit(run: _Run, callbacks: list) -> keras.callbacks.History:
                 histories.append(fit(position.epoch, only_one=True))
             first_full_epoch += 1
             feeder.restart_at(first_full_epoch)
-        if first_full_epoch < options.epochs:
-            histories.append(fit(first_full_epoch))
+        if options.steps_per_epoch is None:
+            if first_full_epoch < options.epochs:
+                histories.append(fit(first_full_epoch))
+        else:
+            # The feeder reads each epoch's order to its end; a capped epoch is a fit of its
+            # own, and the next one restarts the feeder at the next epoch's beginning.
+            for epoch in range(first_full_epoch, options.epochs):
+                feeder.restart_at(epoch)
+                histories.append(fit(epoch, only_one=True))
     return _merge(histories) if run.state is None else _history_of(run.state)
 
 
 def _summarise(run: _Run, history) -> None:
     """The summary's epochs, best and checkpoints; rank 0 plots the curves."""
     run.summary.epochs_run = list(history.epoch)
+    clock = run.clock
+    if clock is not None and clock.timed_steps:
+        run.summary.timed_steps = clock.timed_steps
+        run.summary.step_seconds = clock.seconds / clock.timed_steps
+        run.summary.data_wait_seconds = clock.waited / clock.timed_steps
     if run.checkpointer is not None:
         run.summary.best = run.checkpointer.best
         run.summary.checkpoints += [str(p) for p in run.checkpointer.paths if p.exists()]  # pruned ones are gone
     if run.collective.rank == 0 and run.options.log_dir is not None:
         _plot(run.options.log_dir / "training.csv", run.options.log_dir / "training.png")
+
+
+class _StepClock(keras.callbacks.Callback):
+    """This rank's wall time and wait for data over its steps after the first ``untimed``:
+    from the end of the last untimed step to the end of each ``fit``, every callback's work
+    included (a device's queued work is done by then: ``fit`` reads the logs at its end)."""
+
+    def __init__(self, feeder, untimed: int):
+        super().__init__()
+        self.feeder, self.untimed = feeder, untimed
+        self.steps_done = self.timed_steps = 0
+        self.seconds = self.waited = 0.0
+        self._mark = None  # (time, the feeder's wait) where the current timed stretch began
+
+    def _start(self) -> None:
+        self._mark = (time.perf_counter(), self.feeder.wait_seconds)
+
+    def on_train_begin(self, logs=None):
+        if self.steps_done >= self.untimed:  # a later fit of the run (a resumed or capped epoch)
+            self._start()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
+        if self.steps_done > self.untimed:
+            self.timed_steps += 1
+        elif self.steps_done == self.untimed:
+            self._start()
+
+    def on_train_end(self, logs=None):
+        if self._mark is not None:
+            started, waited = self._mark
+            self.seconds += time.perf_counter() - started
+            self.waited += self.feeder.wait_seconds - waited
+            self._mark = None
 
 
 def _augment_fields(augment: Augment | None) -> dict:

@@ -60,6 +60,19 @@ class JaxCollective:
             keras_internals.lay_out(variable, self.distribution)
             variable.assign(value)
 
+    def release(self, variables) -> None:
+        """This process alone: ``variables`` (laid out by :meth:`place`, or made under the
+        distribution) become plain arrays on this process's device again, each holding its
+        local replica of the replicated value. No collective: run after the last step."""
+        from .. import keras_internals
+
+        for variable in variables:
+            if getattr(variable, "_layout", None) is None:  # never distributed
+                continue
+            local = variable.value.addressable_data(0)  # replicated: every device holds the whole value
+            keras_internals.lay_out_locally(variable)
+            variable.assign(local)
+
     def broadcast_arrays(self, arrays, root=0):
         if self.size == 1 or not arrays:
             return [np.asarray(a) for a in arrays]

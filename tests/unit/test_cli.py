@@ -84,6 +84,22 @@ def test_an_engine_that_does_not_fit_the_backend_is_one_line(tmp_path, env, args
     assert (result.returncode, result.stderr) == (2, f"distributed-h5 train: error: {line}\n")
 
 
+JAX_AFTER_TRAINING = """
+import sys
+import keras
+import numpy as np
+from distributed_h5 import evaluate_model, init_engine, train_model
+from distributed_h5.models import build_model
+init_engine("jax")
+model = build_model("video", (2, 1, 8, 8), 2, width=2, depth=1, seed=0)
+history = train_model(model, sys.argv[1], batch_size=4, epochs=2, steps_per_epoch=2, verbose=0)
+predicted = model.predict(np.zeros((5, 2, 1, 8, 8), "uint8"), verbose=0)
+evaluation = evaluate_model(model, sys.argv[1], batch_size=4)
+print(f"epochs={history.epoch} timed_steps={history.run.timed_steps} distribution={keras.distribution.distribution()} "
+      f"predicted={predicted.shape} evaluated={evaluation.samples}")
+"""
+
+
 def test_jax_engine_trains_in_one_process(tmp_path):
     """`--engine jax` with no launcher: Keras on JAX, one process. Run from a batch script's
     environment (a job of 2 tasks, outside srun), as a user's sbatch script would, it is still
@@ -98,8 +114,14 @@ def test_jax_engine_trains_in_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = result.stdout.splitlines()[-1]
     assert summary.startswith("summary: ranks=1 epochs=1 accuracy=") and "val_loss=" in summary, result.stdout
-    result = run_cli(*args, env={"DH5_ENGINE": "", "HOROVOD_RANK": "0", "HOROVOD_SIZE": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]  # one rank of horovodrun: nothing to join
+    # One rank of horovodrun: nothing to join. Through the Python API, in the same process as
+    # train_model: a capped run, then the caller's model is its own again (no distribution
+    # left set, variables on this process), so predict and evaluate_model run in one process.
+    result = subprocess.run([sys.executable, "-c", JAX_AFTER_TRAINING, str(path)], capture_output=True, text=True,
+                            env=dict(os.environ, DH5_ENGINE="", HOROVOD_RANK="0", HOROVOD_SIZE="1",
+                                     KERAS_BACKEND="jax"), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "epochs=[0, 1] timed_steps=3 distribution=None predicted=(5, 2) evaluated=8"
     result = run_cli(*args, env={"DH5_ENGINE": "", "HOROVOD_RANK": "0", "HOROVOD_SIZE": "2"})
     assert (result.returncode, result.stderr.splitlines()[-1]) == (1, (
         "distributed-h5 train: error: the jax engine runs under mpirun or srun, which JAX finds on its own; "
