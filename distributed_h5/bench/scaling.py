@@ -5,12 +5,12 @@ rank (weak scaling) and with a fixed global batch (strong scaling). Ranks are st
 ``horovodrun`` on a workstation, or with ``srun --mpi=pmix`` inside a SLURM allocation.
 
 Each rank (``python -m distributed_h5.bench.scaling --worker``) runs the real training
-path: ``model.fit`` on the :class:`~distributed_h5.feeding.Feeder`'s ``tf.data`` pipeline,
-inside :func:`~distributed_h5.replicas.distributed` (the optimizer wrapper ``train_model``
-uses, which averages gradients in the compiled step), so every step splits into:
+path: :func:`~distributed_h5.training.train_model` itself, one epoch capped at the warm-up
+and timed steps (``steps_per_epoch``), no validation, its callbacks included. Its summary
+(``history.run``) gives the timed steps' wall time and data wait, and every step splits into:
 
 * **data wait**: the time the steps blocked on their batch, counted by the Feeder itself
-  (the same count as ``train_model``'s ``data_wait_fraction``);
+  (``history.run.data_wait_seconds``, the count behind ``data_wait_fraction``);
 * **allreduce**: the same grouped average of all gradients, timed alone after training
   (inside the step it cannot be timed apart);
 * **compute**: the rest of the step: forward, backward and the optimizer update.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import shutil
@@ -75,31 +74,32 @@ def worker(args) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
 
+    from ..data.augment import Augment
     from ..engines import horovod as engine
-    from .. import replicas
-    from ..feeding import Feeder
     from ..models import build_model
     from ..sequence import ShardedSequence
-
-    from ..data.augment import Augment
+    from ..training import train_model
 
     collective = engine.init()
-    augment = Augment(clip_frames=args.clip_frames, crop=args.crop, flip=args.flip)  # train_model's, on the reader side
+    augment = Augment(clip_frames=args.clip_frames, crop=args.crop, flip=args.flip)
+    # The plan train_model will make: one epoch must hold the warm-up and the timed steps.
     sequence = ShardedSequence(args.file, batch_size=args.batch_size, rank=collective.rank, size=collective.size,
                                validation_ratio=0.0, seed=0, augment=augment)
-    stored = sequence.info
-    info = dataclasses.replace(stored, clip_shape=sequence.clip_shape)  # the model takes the augmented clips
+    stored, clip_shape, available = sequence.info, sequence.clip_shape, len(sequence)
+    sequence.close()
+    if available < args.warmup + args.steps:
+        raise ValueError(f"{args.file} gives {available} steps per epoch at {collective.size} rank(s) x "
+                         f"{args.batch_size}; --warmup {args.warmup} + --steps {args.steps} do not fit: pass fewer "
+                         "steps or a bigger file")
     keras.config.set_dtype_policy(args.precision)
     # train's model and compile (Keras wraps the optimizer for loss scaling under mixed_float16)
-    model = build_model(args.model, info.clip_shape, info.classes, width=args.width, depth=args.depth, dropout=0.0,
-                        dtype=info.dtype, seed=0, optimizer="sgd", learning_rate=0.01)
-    feeder = Feeder.for_sequence(sequence)  # what train_model feeds Keras with, and its data wait
-    timer = _StepTimer(feeder, collective, args.warmup)
-    with replicas.distributed(model, collective):  # the optimizer wrapper train_model uses
-        replicas.broadcast_state(model, collective)
-        model.fit(feeder.dataset(), epochs=1, steps_per_epoch=args.warmup + args.steps, shuffle=False, verbose=0,
-                  callbacks=[timer.callback])
-    sequence.close()
+    model = build_model(args.model, clip_shape, stored.classes, width=args.width, depth=args.depth, dropout=0.0,
+                        dtype=stored.dtype, seed=0, optimizer="sgd", learning_rate=0.01)
+    # The real training path, its callbacks included; train_model times the steps after the warm-up.
+    history = train_model(model, args.file, validation_ratio=0.0, batch_size=args.batch_size, epochs=1, seed=0,
+                          scale_learning_rate=False, monitor=None, augment=augment, verbose=0, engine="horovod",
+                          steps_per_epoch=args.warmup + args.steps, untimed_steps=args.warmup)
+    run = history.run
     # The allreduce runs inside the compiled step; time the same grouped allreduce alone.
     grads = [tf.zeros_like(v) for v in model.trainable_variables]
     average = tf.function(collective.average_gradients)
@@ -109,45 +109,26 @@ def worker(args) -> None:
     for _ in range(args.steps):
         average(grads)[0].numpy()
     reduce = (time.perf_counter() - start) / args.steps
-    mine = np.array([timer.elapsed, timer.wait, reduce])
-    summed = collective.sum([mine])[0]
-    longest = collective.max(int(timer.elapsed * 1e6)) / 1e6
+    summed = collective.sum([np.array([run.data_wait_seconds, reduce])])[0]
+    # The slowest rank sets the pace of a synchronous step.
+    longest = collective.max(int(run.step_seconds * run.timed_steps * 1e6)) / 1e6
     if collective.rank == 0:
         gradient_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.trainable_variables)
-        step = longest / args.steps
+        step = longest / run.timed_steps
+        wait, reduce = summed[0] / collective.size, summed[1] / collective.size
         result = {
             "ranks": collective.size,
-            "steps": args.steps,
+            "steps": run.timed_steps,
             "elapsed": longest,
-            "wait": summed[1] / collective.size / args.steps,
-            "reduce": summed[2] / collective.size,
-            "compute": max(0.0, step - summed[1] / collective.size / args.steps - summed[2] / collective.size),
+            "wait": wait,
+            "reduce": reduce,
+            "compute": max(0.0, step - wait - reduce),
             "gradient_bytes": gradient_bytes,
             # The bytes a step reads: each window's whole frames (crops are cut after the read).
             "read_bytes": args.batch_size * stored.clip_bytes // stored.clip_shape[0] * augment.span(stored.clip_shape),
         }
         with open(args.out, "w") as handle:
             json.dump(result, handle)
-
-
-class _StepTimer:
-    """Times the steps after ``warmup``: wall time, and the Feeder's wait for data over them."""
-
-    def __init__(self, feeder, collective, warmup: int):
-        import keras
-
-        class Callback(keras.callbacks.Callback):
-            def on_train_batch_end(inner, batch, logs=None):
-                if batch == warmup - 1:
-                    collective.barrier()  # all ranks start the timed steps together
-                    self.start, self.wait_start = time.perf_counter(), feeder.wait_seconds
-
-            def on_train_end(inner, logs=None):
-                self.elapsed = time.perf_counter() - self.start
-                self.wait = feeder.wait_seconds - self.wait_start
-
-        self.callback = Callback()
-        self.start = self.wait_start = self.elapsed = self.wait = 0.0
 
 
 # --- the driver ----------------------------------------------------------------------------
@@ -200,16 +181,18 @@ def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_ba
     warm(file)  # otherwise the first run alone pays for a cold page cache
     ranks = sorted(set(ranks) | {1})
     global_batch = global_batch or batch_size * max(ranks)
-    rows = []
+    rows, measured = [], {}
     for mode in ("weak", "strong"):
         base = None
         for count in ranks:
             if mode == "strong" and global_batch % count:
                 raise ValueError(f"global_batch={global_batch} does not divide by {count} ranks; pick another --global-batch")
             per_rank = batch_size if mode == "weak" else global_batch // count
-            point = run_point(file, count, per_rank, steps=steps, warmup=warmup, width=width, depth=depth,
-                              launcher=launcher, controller=controller, model=model, precision=precision,
-                              augment_args=augment_args)
+            if (count, per_rank) not in measured:  # the strong point at the most ranks is the weak one
+                measured[count, per_rank] = run_point(
+                    file, count, per_rank, steps=steps, warmup=warmup, width=width, depth=depth, launcher=launcher,
+                    controller=controller, model=model, precision=precision, augment_args=augment_args)
+            point = measured[count, per_rank]
             throughput = count * per_rank * point["steps"] / point["elapsed"]
             base = throughput if count == 1 else base
             step = point["elapsed"] / point["steps"]

@@ -123,6 +123,26 @@ def test_scaling_from_a_missing_csv_is_one_line(capsys):
     assert capsys.readouterr().err.strip() == "distributed-h5 bench: error: --from-csv: no such file: missing.csv"
 
 
+def test_scaling_launches_each_rank_count_and_batch_once(monkeypatch):
+    """The strong point at the most ranks (the default global batch) is the weak one: measured once."""
+    from distributed_h5.bench import io, scaling
+
+    launched = []
+
+    def run_point(file, ranks, batch_per_rank, **kwargs):
+        launched.append((ranks, batch_per_rank))
+        return {"steps": 3, "elapsed": 0.3 * ranks, "wait": 0.01, "compute": 0.08, "reduce": 0.01,
+                "gradient_bytes": 160, "read_bytes": 512}
+
+    monkeypatch.setattr(io, "warm", lambda file: None)
+    monkeypatch.setattr(scaling, "run_point", run_point)
+    rows = scaling.bench_scaling("unused.h5", [2], batch_size=4, steps=3, warmup=1)
+    assert launched == [(1, 4), (2, 4), (1, 8)]
+    assert [(r.mode, r.ranks, r.batch_per_rank, r.steps) for r in rows] == [
+        ("weak", 1, 4, 3), ("weak", 2, 4, 3), ("strong", 1, 8, 3), ("strong", 2, 4, 3)]
+    assert rows[1].step_seconds == pytest.approx(0.2) and rows[1].data_wait_fraction == pytest.approx(0.05)
+
+
 def test_a_two_rank_cold_run_writes_one_row_per_loader(files, tmp_path, capsys):
     """Real processes: 2 ranks of the package's Feeder path and of the seed generator, page cache emptied."""
     out = tmp_path / "au.csv"
