@@ -9,6 +9,6 @@ framework: ``tests/unit/test_layers_of_the_package.py`` checks), so it serves an
 * :mod:`.augment`: clip sampling and augmentation (numpy);
 * :mod:`.synthetic`, :mod:`.convert`: files made from nothing, or from videos;
 * :mod:`.outputs`: checks and atomic writes of the files the package produces;
-* :mod:`.checks`: argument checks shared by the layers (positive integers);
+* :mod:`.checks`: argument checks shared by the layers (positive integers and pairs);
 * :mod:`.jpeg`: the JPEG clip layout, its writer and its threaded decoder.
 """
