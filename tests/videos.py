@@ -72,3 +72,19 @@ def make_ucf_tree(root: Path, *, groups: int = 3, clips: int = 2, frames: int = 
                 write_video(root / relative, colour, frames, height=height, width=width)
                 paths.append(relative)
     return paths
+
+
+def write_rawframes(root, frames=12, size=(24, 32)):
+    """mmaction2's rawframes: SRC/<class>/<video>/img_00001.jpg ..., 4:2:0 JPEGs as ffmpeg writes them."""
+    import simplejpeg
+
+    for name, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        for video in range(2):
+            folder = root / name / f"video{video}"
+            folder.mkdir(parents=True)
+            for t in range(1, frames + 1):
+                image = np.zeros((*size, 3), np.uint8)
+                image[:] = colour
+                image[:, (2 * t) % 24 : (2 * t) % 24 + 6] = 255
+                (folder / f"img_{t:05d}.jpg").write_bytes(simplejpeg.encode_jpeg(image, quality=85,
+                                                                                  colorsubsampling="420"))

@@ -85,6 +85,19 @@ def small_file(tmp_path_factory):
                           size=(12, 12), classes=3, seed=2, progress=False)
 
 
+@pytest.fixture(scope="session")
+def small_jpeg(tmp_path_factory):
+    """The same clips stored as JPEG frames (q90, 4:4:4): the reader decodes them in its threads."""
+    return make_synthetic(tmp_path_factory.mktemp("parallel") / "small-jpeg.h5", samples=101, frames=4, channels=3,
+                          size=(12, 12), classes=3, seed=2, progress=False, codec="jpeg")
+
+
+@pytest.fixture
+def stored(request, small_file, small_jpeg):
+    """``stored("raw")`` or ``stored("jpeg")``: the small file in that layout."""
+    return {"raw": small_file, "jpeg": small_jpeg}.__getitem__
+
+
 # The gloo run that test_resume.py, test_training.py and test_jax.py resume against: 2 ranks x 4,
 # learning rate scaled, 3 epochs; computed once per session.
 RESUMABLE = ("--batch-size", 4, "--scale-lr", "--epochs", 3)

@@ -24,11 +24,12 @@ def saved(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.suffix == ".keras" or p.name == "PREEMPTED")
 
 
-@pytest.mark.parametrize("controller, dropout", [("gloo", 0.3), ("mpi", 0.0)])
-def test_two_ranks_match_one_rank_with_twice_the_batch(tmp_path, small_file, controller, dropout):
+@pytest.mark.parametrize("controller, dropout, layout", [("gloo", 0.3, "raw"), ("mpi", 0.0, "jpeg")])
+def test_two_ranks_match_one_rank_with_twice_the_batch(tmp_path, stored, controller, dropout, layout):
     """Averaged gradients of two half-batches are the full batch's gradient (SGD, no LR
     scaling), with the default model's dropout (0.3, each sample's mask keyed by the sample)
-    as without it; and the replicas are identical."""
+    as without it, on raw clips as on JPEG frames; and the replicas are identical."""
+    small_file = stored(layout)
     train(2, controller, small_file, tmp_path / "two", "--batch-size", 4, "--epochs", 2, "--dropout", dropout)
     train(1, controller, small_file, tmp_path / "one", "--batch-size", 8, "--epochs", 2, "--dropout", dropout)
     two, one = weights(tmp_path / "two", 0), weights(tmp_path / "one", 0)
@@ -56,10 +57,12 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(tmp_path, small_file, con
         assert clips == Counter(train_set) + Counter(padding)
 
 
-@pytest.mark.parametrize("controller", CONTROLLERS)
-def test_replicas_identical_and_validation_exact(tmp_path, small_file, controller):
+@pytest.mark.parametrize("controller, layout", [("gloo", "raw"), ("mpi", "jpeg")])
+def test_replicas_identical_and_validation_exact(tmp_path, stored, controller, layout):
     """Ranks start from different weights; after training they are bit-identical, and the
-    validation metrics every rank reports equal one process's on the whole validation set."""
+    validation metrics every rank reports equal one process's on the whole validation set
+    (on a JPEG file, the clips as the reader decodes them)."""
+    small_file = stored(layout)
     out = tmp_path / "run"
     train(2, controller, small_file, out, "--init-seed", "rank", "--batch-size", 4, "--epochs", 2, "--scale-lr")
     first, second = weights(out, 0), weights(out, 1)
@@ -105,9 +108,11 @@ KILLED_RANK_1 = {
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)
-def test_a_killed_rank_ends_the_job_and_resume_finishes(tmp_path, small_file, controller):
+def test_a_killed_rank_ends_the_job_and_resume_finishes(tmp_path, stored, controller):
     """Rank 1 dies (SIGKILL, as a crashed node) before step 4 of epoch 1: the launcher ends the
-    job because of rank 1, no rank finishes, and (under Gloo) a resume finishes from epoch 1's checkpoint."""
+    job because of rank 1, no rank finishes, and (under Gloo, on a JPEG file) a resume finishes
+    from epoch 1's checkpoint."""
+    small_file = stored("jpeg" if controller == "gloo" else "raw")
     checkpoints = tmp_path / "checkpoints"
     # timeout: a bound on a hang only (a job left waiting on the dead rank); it ends in well under a minute here.
     result = train(2, controller, small_file, tmp_path / "killed", "--epochs", 3, "--checkpoint-dir", checkpoints,

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from distributed_h5 import init_engine, train_model  # noqa: E402
 from distributed_h5.callbacks import NonFiniteLoss, Preempted  # noqa: E402
 from distributed_h5.feeding import Feeder  # noqa: E402
+from distributed_h5.reader import BatchReader  # noqa: E402
 from distributed_h5.synthetic import clip_index  # noqa: E402
 
 TRAINED = []  # [epoch, clip indices] of each step, in order: what the step asked the Feeder for
@@ -38,14 +39,24 @@ class EpochOf(keras.callbacks.Callback):
         EPOCH[0] = epoch
 
 
-def record_trained_clips():
+def record_trained_clips(path):
     """Observe the Feeder: train_model's tf.data pipeline has no buffer, so each batch it
-    yields is the batch of the next training step."""
+    yields is the batch of the next training step. JPEG blurs the index pixels, so a JPEG
+    file's clips are named by their decoded bytes (every clip of the file decoded once here)."""
     iterate = Feeder.__iter__
+    indices = clip_index
+    with BatchReader(path) as reader:
+        if reader.info.codec == "jpeg":
+            decoded = reader.read(np.arange(reader.info.sample_count))[0]
+            place = {clip.tobytes(): i for i, clip in enumerate(decoded)}
+            assert len(place) == len(decoded), "two clips of the JPEG file decode alike"
+
+            def indices(clips):
+                return np.array([place[clip.tobytes()] for clip in clips])
 
     def recorded(self):
         for x, y in iterate(self):
-            TRAINED.append([EPOCH[0], clip_index(x).tolist()])
+            TRAINED.append([EPOCH[0], indices(x).tolist()])
             yield x, y
 
     Feeder.__iter__ = recorded
@@ -173,7 +184,7 @@ def main():
                                else [])
     callbacks += [SignalAt(signal.SIGUSR1, epoch, batch) for who, epoch, batch in args.usr1 if who == rank]
     callbacks += [SlowWhileAlone(args.slow_while_alone)] if args.slow_while_alone else []
-    record_trained_clips()
+    record_trained_clips(args.file)
     args.out.mkdir(parents=True, exist_ok=True)
     facts = {"size": collective.size, "engine": collective.name}
     try:

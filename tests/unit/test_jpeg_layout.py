@@ -19,7 +19,7 @@ from distributed_h5.data.dataset import DatasetError, describe
 from distributed_h5.data.reader import BatchReader
 from distributed_h5.data.synthetic import make_synthetic
 
-from ..videos import make_tree
+from ..videos import make_tree, write_rawframes
 
 
 def run_cli(*args, timeout=300):
@@ -121,22 +121,6 @@ def test_training_and_evaluate_read_the_same_decoded_pixels(files, tmp_path):
     values = dict(part.split("=") for part in scored.stdout.split())
     assert float(values["val_loss"]) == pytest.approx(record["metrics"]["val_loss"], rel=1e-6)
     assert float(values["val_accuracy"]) == record["metrics"]["val_accuracy"]
-
-
-def write_rawframes(root, frames=12, size=(24, 32)):
-    """mmaction2's rawframes: SRC/<class>/<video>/img_00001.jpg ..., 4:2:0 JPEGs as ffmpeg writes them."""
-    import simplejpeg
-
-    for name, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
-        for video in range(2):
-            folder = root / name / f"video{video}"
-            folder.mkdir(parents=True)
-            for t in range(1, frames + 1):
-                image = np.zeros((*size, 3), np.uint8)
-                image[:] = colour
-                image[:, (2 * t) % 24 : (2 * t) % 24 + 6] = 255
-                (folder / f"img_{t:05d}.jpg").write_bytes(simplejpeg.encode_jpeg(image, quality=85,
-                                                                                  colorsubsampling="420"))
 
 
 def test_rawframes_folders_convert_and_jpeg_frames_that_fit_are_copied_as_they_are(tmp_path):
