@@ -20,8 +20,11 @@ TRAIN = ("--epochs", 2, "--batch-size", 4, "--width", 4, "--depth", 2, "--verbos
 
 
 def run_cli(*args, cwd=None):
+    environment = dict(os.environ)
+    environment.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it (tests/conftest.py sets 2, which lets
+    # TensorFlow's error-level "oneDNN supports DT_UINT8 only ..." through on CPUs without AVX-512's uint8 kernels)
     return subprocess.run([sys.executable, "-m", "distributed_h5.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+                          text=True, timeout=300, cwd=cwd, env=environment)
 
 
 def fields(line: str) -> dict:
