@@ -50,6 +50,9 @@ class Collective(Protocol):
     def mean(self, arrays: list[np.ndarray]) -> list[np.ndarray]: ...
     def max(self, value: int) -> int: ...
     def barrier(self) -> None: ...
+    # After the last step, this process alone: ``variables`` are local to this process again
+    # (what a global_step engine laid out across processes); a no-op for the others.
+    def release(self, variables: list) -> None: ...
 
 
 class Single:
@@ -88,6 +91,9 @@ class Single:
         return int(value)
 
     def barrier(self):
+        pass
+
+    def release(self, variables):
         pass
 
 

@@ -76,6 +76,9 @@ class HorovodCollective:
     def barrier(self):
         self.hvd.allreduce(np.zeros(1, dtype=np.int32), name="distributed_h5.barrier")
 
+    def release(self, variables):
+        pass  # each rank's variables are its own throughout
+
 
 def init() -> HorovodCollective:
     """Initialise Horovod, pin this process's GPU, and return its collective.

@@ -161,6 +161,9 @@ class FakeCollective:
     def barrier(self):
         self._exchange("barrier", None)
 
+    def release(self, variables):
+        pass  # no collective: this process alone
+
 
 def run_ranks(size: int, fn, timeout: float = TIMEOUT) -> list:
     """Run ``fn(collective)`` on ``size`` simulated ranks, one thread each (named ``rank<R>``).

@@ -73,6 +73,19 @@ def test_the_fake_collective_has_everything_the_protocol_declares():
     assert sorted(name for name in declared if not hasattr(fake, name)) == []
 
 
+def test_every_engine_has_every_method_the_protocol_declares():
+    """The engines answer every call training makes (HostModel's broadcast_arrays and place,
+    replicas' release included), not only what each engine's own path happens to call."""
+    from distributed_h5.engines.horovod import HorovodCollective
+    from distributed_h5.engines.jax import JaxCollective
+
+    methods = {name for name, value in vars(Collective).items() if callable(value) and not name.startswith("_")}
+    assert {"broadcast_arrays", "place", "release", "average_gradients"} <= methods
+    for engine in (Single, HorovodCollective, JaxCollective):
+        assert sorted(name for name in methods if not callable(getattr(engine, name, None))) == [], engine.__name__
+        assert isinstance(engine.name, str) and isinstance(engine.global_step, bool)
+
+
 def test_the_fake_collective_answers_as_an_engine_and_fails_where_a_job_would_hang():
     def every_call(collective):
         rank = collective.rank
