@@ -23,7 +23,7 @@ from .callbacks import (Agreement, Checkpointer, Commit, EpochTiming, GlobalStat
 from .checkpoints import PRECISIONS, Position, RunConfig
 from .data.augment import Augment
 from .data.checks import positive_int
-from .data.outputs import atomic_write, pyplot
+from .data.outputs import pyplot, save_figure
 from .engines import collective as collectives
 from .engines.collective import ENGINES
 from .feeding import Feeder
@@ -697,12 +697,7 @@ def _plot(csv_path: Path, png_path: Path) -> None:
         axis.set_xlabel("epoch")
         axis.legend()
         axis.grid(alpha=0.3)
-    figure.tight_layout()
-    try:
-        with atomic_write(png_path) as partial:
-            figure.savefig(partial, format="png")
-    finally:
-        plt.close(figure)
+    save_figure(figure, png_path, format="png")
 
 
 def _history_of(state) -> keras.callbacks.History:
