@@ -442,6 +442,21 @@ def rank_main(config: Config, rank: int, size: int, scratch: str) -> None:
 
 
 # --- the driver ------------------------------------------------------------------------------
+def wait_or_kill(processes: list, timeout: float) -> None:
+    """Wait for every process until ``timeout`` seconds from now; kill (and reap) those still running."""
+    try:
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def run_point(config: Config, ranks: int, *, timeout: float | None = None) -> tuple[list[RankTimes], int]:
     """Start ``ranks`` processes of one loader and return their times and the clip bytes."""
     timeout = timeout or 300 + 10 * config.seconds
@@ -459,17 +474,7 @@ def run_point(config: Config, ranks: int, *, timeout: float | None = None) -> tu
             commands = [[*worker, "--rank", str(rank), "--size", str(ranks)] for rank in range(ranks)]
         processes = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
                      for command, log in zip(commands, logs)]
-        try:
-            deadline = time.monotonic() + timeout
-            for process in processes:
-                process.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+        wait_or_kill(processes, timeout)
         failed = [(i, p.returncode) for i, p in enumerate(processes) if p.returncode != 0]
         if failed:
             index, code = failed[0]
@@ -585,7 +590,7 @@ def read_csv(path: str) -> list[Row]:
 
 def plot(rows: Sequence[Row], path: str) -> None:
     """AU against emulated accelerators, one line per loader, one panel per cache state."""
-    from ..data.outputs import atomic_write, pyplot
+    from ..data.outputs import pyplot, save_figure
 
     plt = pyplot(path)
     caches = [cache for cache in ("warm", "cold") if any(r.cache == cache for r in rows)]
@@ -604,12 +609,7 @@ def plot(rows: Sequence[Row], path: str) -> None:
         axis.set_xticks(ranks, [str(r) for r in ranks])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        with atomic_write(path) as partial:
-            fig.savefig(partial, dpi=120)  # the format from the name, as before
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)  # the format from the name
 
 
 # --- python -m distributed_h5.bench.au --worker ------------------------------------------------

@@ -468,17 +468,7 @@ def _au_point(config: au.Config, ranks: int, timeout: float) -> tuple[list[au.Ra
                                        json.dumps(asdict(config)), "--rank", str(rank), "--size", str(ranks),
                                        "--scratch", scratch], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
                      for rank, log in enumerate(logs)]
-        try:
-            end = time.monotonic() + timeout
-            for process in processes:
-                process.wait(timeout=max(1.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+        au.wait_or_kill(processes, timeout)
         try:
             failed = next(((rank, p.returncode) for rank, p in enumerate(processes) if p.returncode != 0), None)
             if failed is not None:

@@ -231,7 +231,7 @@ def table(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], path: str) -> None:
-    from ..data.outputs import atomic_write, pyplot
+    from ..data.outputs import pyplot, save_figure
 
     plt = pyplot(path)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -248,12 +248,7 @@ def plot(rows: list[Row], path: str) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
-    fig.tight_layout()
-    try:
-        with atomic_write(path) as partial:
-            fig.savefig(partial, dpi=120)  # the format from the name, as before
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)  # the format from the name
 
 
 def main(argv=None) -> None:
