@@ -12,14 +12,22 @@ install:
 install-test:
 	bash scripts/install.sh --test
 
+# The unit and parallel tiers run TEST_WORKERS test files at a time (pytest-xdist; a file's
+# fixtures are made once, on its worker), then the SLURM tier alone (one local cluster).
+# Both parts run; either failing fails `make test`.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 test: install-test
-	python -m pytest -ra --durations=25 tests
+	status=0; \
+	python -m pytest -ra --durations=25 $(XDIST) tests/unit tests/parallel || status=$$?; \
+	python -m pytest -ra --durations=25 tests/slurm || status=$$?; \
+	exit $$status
 
 test-unit: install-test
-	python -m pytest -ra tests/unit
+	python -m pytest -ra $(XDIST) tests/unit
 
 test-parallel: install-test
-	python -m pytest -ra tests/parallel
+	python -m pytest -ra $(XDIST) tests/parallel
 
 demo: install
 	bash scripts/demo.sh
