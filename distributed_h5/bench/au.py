@@ -568,11 +568,9 @@ def verdict(rows: Sequence[Row]) -> str:
 
 
 def write_csv(rows: Sequence[Row], path: str) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+    from ..data.outputs import write_rows
+
+    write_rows(path, FIELDS, rows)
 
 
 def read_csv(path: str) -> list[Row]:

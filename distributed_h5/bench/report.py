@@ -261,6 +261,14 @@ def with_section(text: str, section: str) -> str:
     return text[:start] + section + ("" if end < 0 else "\n" + text[end + 1 :])
 
 
+def write_text(path: Path, text: str) -> None:
+    """The page whole or not at all (it is the user's docs/BENCHMARKS.md)."""
+    from ..data.outputs import atomic_write
+
+    with atomic_write(path) as partial:
+        Path(partial).write_text(text)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m distributed_h5.bench.report", description=__doc__.split("\n")[0])
     parser.add_argument("results", type=Path, help="the folder make bench writes (bench-results)")
@@ -271,7 +279,7 @@ def main(argv=None) -> None:
     if args.only == "codecs":
         if not out.exists():
             parser.error(f"--only codecs rewrites a section of an existing file; no such file: {out}")
-        out.write_text(with_section(out.read_text(), codecs_section(results)))
+        write_text(out, with_section(out.read_text(), codecs_section(results)))
         print(f"wrote the codec section of {out}")
         return
     template = (Path(__file__).with_name("BENCHMARKS.md.in")).read_text()
@@ -292,7 +300,7 @@ def main(argv=None) -> None:
     # BENCHMARKS.md.in has no slot for the codec section: it goes last.
     text = with_section(text, codecs_section(results))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_text(out, text)
     print(f"wrote {out}")
 
 

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from ..checkpoints import MODELS, PRECISIONS
 
@@ -203,11 +203,9 @@ def bench_scaling(file: str, ranks: list[int], *, batch_size: int = 8, global_ba
 
 
 def write_csv(rows: list[Row], path: str) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+    from ..data.outputs import write_rows
+
+    write_rows(path, FIELDS, rows)
 
 
 def read_csv(path: str) -> list[Row]:

@@ -106,6 +106,19 @@ def pyplot(output: str | os.PathLike):
     return plt
 
 
+def write_rows(path: str | os.PathLike, fields: list[str], rows) -> None:
+    """Dataclass ``rows`` as a CSV file with ``fields`` for header, floats to 6 significant
+    digits, written through :func:`atomic_write`."""
+    import csv
+    from dataclasses import asdict
+
+    with atomic_write(path) as partial, open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+
+
 def save_figure(figure, path: str | os.PathLike, **savefig) -> None:
     """Lay ``figure`` out tight, write it to ``path`` through :func:`atomic_write` (``savefig``'s
     keywords passed on; the format from ``path``'s suffix unless ``format=`` says) and close it,

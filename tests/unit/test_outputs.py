@@ -105,3 +105,30 @@ def test_doctor_names_jax_devices_by_platform_with_the_accelerators_kind():
     cpu = SimpleNamespace(platform="cpu", device_kind="cpu")
     assert jax_devices([gpu, gpu, cpu]) == "1 cpu, 2 gpu (NVIDIA H200)"
     assert jax_devices([cpu]) == "1 cpu"
+
+
+def test_benchmark_rows_are_written_whole_or_not_at_all(tmp_path):
+    """bench au's and bench scaling's CSVs (data.outputs.write_rows): floats to 6 significant
+    digits; a row that fails mid-file leaves the previous file as it was and no partial file."""
+    from dataclasses import dataclass
+
+    from distributed_h5.data.outputs import write_rows
+
+    @dataclass
+    class Row:
+        loader: str
+        ranks: int
+        au: float
+
+    path = tmp_path / "au.csv"
+    write_rows(path, ["loader", "ranks", "au"], [Row("distributed_h5", 8, 0.91234567), Row("tf.data", 8, 0.869)])
+    assert path.read_text() == "loader,ranks,au\ndistributed_h5,8,0.912346\ntf.data,8,0.869\n"
+
+    def failing():
+        yield Row("torch", 1, 0.5)
+        raise RuntimeError("the run died")
+
+    with pytest.raises(RuntimeError, match="the run died"):
+        write_rows(path, ["loader", "ranks", "au"], failing())
+    assert path.read_text() == "loader,ranks,au\ndistributed_h5,8,0.912346\ntf.data,8,0.869\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["au.csv"]
