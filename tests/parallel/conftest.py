@@ -78,22 +78,23 @@ def report(out: Path, rank: int) -> dict:
     return json.loads((out / f"rank{rank}.json").read_text())
 
 
+SMALL = dict(samples=101, frames=4, channels=3, size=(12, 12), classes=3, seed=2, progress=False)
+
+
 @pytest.fixture(scope="session")
 def small_file(tmp_path_factory):
     """101 clips (70 train, 31 validation at ratio 0.3): neither divides by ranks x batch."""
-    return make_synthetic(tmp_path_factory.mktemp("parallel") / "small.h5", samples=101, frames=4, channels=3,
-                          size=(12, 12), classes=3, seed=2, progress=False)
+    return make_synthetic(tmp_path_factory.mktemp("parallel") / "small.h5", **SMALL)
 
 
 @pytest.fixture(scope="session")
 def small_jpeg(tmp_path_factory):
     """The same clips stored as JPEG frames (q90, 4:4:4): the reader decodes them in its threads."""
-    return make_synthetic(tmp_path_factory.mktemp("parallel") / "small-jpeg.h5", samples=101, frames=4, channels=3,
-                          size=(12, 12), classes=3, seed=2, progress=False, codec="jpeg")
+    return make_synthetic(tmp_path_factory.mktemp("parallel") / "small-jpeg.h5", **SMALL, codec="jpeg")
 
 
 @pytest.fixture
-def stored(request, small_file, small_jpeg):
+def stored(small_file, small_jpeg):
     """``stored("raw")`` or ``stored("jpeg")``: the small file in that layout."""
     return {"raw": small_file, "jpeg": small_jpeg}.__getitem__
 

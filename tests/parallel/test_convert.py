@@ -72,7 +72,8 @@ def test_two_ranks_write_the_same_file_as_one_and_it_trains(tmp_path):
 
 def test_two_ranks_write_the_same_jpeg_file_as_one_from_videos_and_from_rawframes(tmp_path):
     """--codec jpeg: from mp4s (decoded, fitted, encoded) and from mmaction2 rawframes folders
-    (JPEG bytes that already fit, copied as they are), 2 ranks give byte for byte the file of one."""
+    (JPEG bytes that already fit, copied as they are), 2 ranks give the file of one: every
+    dataset and every attribute equal."""
     make_tree(tmp_path / "videos")
     write_rawframes(tmp_path / "frames")
     for source in ("videos", "frames"):

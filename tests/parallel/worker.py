@@ -39,20 +39,20 @@ class EpochOf(keras.callbacks.Callback):
         EPOCH[0] = epoch
 
 
-def record_trained_clips(path):
+def record_trained_clips(path, info):
     """Observe the Feeder: train_model's tf.data pipeline has no buffer, so each batch it
     yields is the batch of the next training step. JPEG blurs the index pixels, so a JPEG
     file's clips are named by their decoded bytes (every clip of the file decoded once here)."""
     iterate = Feeder.__iter__
     indices = clip_index
-    with BatchReader(path) as reader:
-        if reader.info.codec == "jpeg":
-            decoded = reader.read(np.arange(reader.info.sample_count))[0]
-            place = {clip.tobytes(): i for i, clip in enumerate(decoded)}
-            assert len(place) == len(decoded), "two clips of the JPEG file decode alike"
+    if info.codec == "jpeg":
+        with BatchReader(path) as reader:
+            decoded = reader.read(np.arange(info.sample_count))[0]
+        place = {clip.tobytes(): i for i, clip in enumerate(decoded)}
+        assert len(place) == len(decoded), "two clips of the JPEG file decode alike"
 
-            def indices(clips):
-                return np.array([place[clip.tobytes()] for clip in clips])
+        def indices(clips):
+            return np.array([place[clip.tobytes()] for clip in clips])
 
     def recorded(self):
         for x, y in iterate(self):
@@ -184,7 +184,7 @@ def main():
                                else [])
     callbacks += [SignalAt(signal.SIGUSR1, epoch, batch) for who, epoch, batch in args.usr1 if who == rank]
     callbacks += [SlowWhileAlone(args.slow_while_alone)] if args.slow_while_alone else []
-    record_trained_clips(args.file)
+    record_trained_clips(args.file, info)
     args.out.mkdir(parents=True, exist_ok=True)
     facts = {"size": collective.size, "engine": collective.name}
     try:
