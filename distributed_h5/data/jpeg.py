@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -404,8 +405,8 @@ class JpegClips(DescriptorReader):
     offset of ``bytes`` is found; the HDF5 file is then closed. A read is ``os.pread`` of each
     run of needed frames on the reader's own descriptor and one libjpeg-turbo decode per frame
     (simplejpeg, which releases the GIL) into a per-thread scratch, transposed into ``out``
-    (X is channels-first; JPEG interleaves). One :meth:`read` at a time (the scratch is the
-    reader's); open one per process; it is not picklable.
+    (X is channels-first; JPEG interleaves); each thread takes the next clip not yet taken. One
+    :meth:`read` at a time (the scratch is the reader's); open one per process; it is not picklable.
 
     Args:
         path: the HDF5 file.
@@ -487,16 +488,30 @@ class JpegClips(DescriptorReader):
             raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}. "
                              f"Received: {out.dtype} {out.shape}")
         keys = (indices[:, None] * stored + frames).reshape(-1)  # one per output frame, in output order
-        # Contiguous shares of the output frames, one per thread: each decodes into its own rows of out.
-        bounds = np.linspace(0, keys.size, min(self.threads, keys.size) + 1).astype(np.int64)
         flat = out.reshape(-1, *self.clip_shape[1:])
-        if self._pool is None or bounds.size == 2:
+        per = frames.shape[1]  # output frames per clip
+        if self._pool is None or indices.size == 1:
             self._decode_share(0, keys, 0, keys.size, flat)
-        else:
-            futures = [self._pool.submit(self._decode_share, worker, keys, int(begin), int(end), flat)
-                       for worker, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:]))]
-            for future in futures:
-                future.result()
+            return out
+        # Each thread takes the next clip not yet taken and decodes it into its rows of out: the
+        # threads finish together even when one core is slower (another process, a busy sibling).
+        rows, lock, failed = iter(range(indices.size)), threading.Lock(), []
+
+        def work(worker: int) -> None:
+            while not failed:
+                with lock:
+                    row = next(rows, None)
+                if row is None:
+                    return
+                try:
+                    self._decode_share(worker, keys, row * per, (row + 1) * per, flat)
+                except BaseException:
+                    failed.append(row)  # the others stop at their next clip
+                    raise
+
+        futures = [self._pool.submit(work, worker) for worker in range(min(self.threads, indices.size))]
+        for future in futures:
+            future.result()
         return out
 
     def _decode_share(self, worker: int, keys: np.ndarray, begin: int, end: int, flat: np.ndarray) -> None:

@@ -4,6 +4,7 @@ import io
 import os
 import pickle
 import re
+import time
 
 import h5py
 import numpy as np
@@ -264,6 +265,26 @@ def test_threads_give_the_one_thread_result(clip_file, threads):
         assert np.array_equal(one.read(indices, frames=frames), many.read(indices, frames=frames))
         out = np.full((1, FRAMES, 3, SIZE, SIZE), 7, dtype=np.uint8)
         assert many.read(np.array([2]), out) is out and np.array_equal(out, one.read(np.array([2])))
+
+
+def test_a_thread_held_up_leaves_the_other_clips_to_the_others(clip_file, monkeypatch):
+    # Clips are taken one at a time: a thread stalled on its first clip (a busy core) does not
+    # hold a fixed half of the batch; before, each thread had a fixed contiguous share.
+    taken, decode_share = [], JpegClips._decode_share
+
+    def slow_first(self, worker, keys, begin, end, flat):
+        taken.append((worker, begin))
+        if len(taken) == 1:
+            time.sleep(0.5)
+        decode_share(self, worker, keys, begin, end, flat)
+
+    monkeypatch.setattr(JpegClips, "_decode_share", slow_first)
+    with JpegClips(clip_file, threads=2) as reader:
+        batch = reader.read(np.arange(6))
+    stalled = taken[0][0]
+    assert [worker for worker, _ in taken].count(stalled) == 1
+    assert sorted(begin for _, begin in taken) == [row * FRAMES for row in range(6)]
+    assert marks(batch).tolist() == [[i * FRAMES + t for t in range(FRAMES)] for i in range(6)]
 
 
 def test_reader_reports_the_layout(clip_file):
