@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from distributed_h5 import __version__
-from distributed_h5.bench import device
+from distributed_h5.bench import au, device
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = device.SETTINGS["cpu"]
@@ -109,7 +109,8 @@ def test_au_runs_at_the_measured_step(bench):
     train = report["parts"]["train_model"]["runs"][0]
     assert part["settings"]["compute_ms"] == pytest.approx(train["warm"]["step_ms"])
     assert part["settings"]["compute_source"].startswith("train_model's warm step")
-    loaders = ["distributed_h5"] + (["torch-dataloader"] if HAS_TORCH else [])
+    # torch-dataloader needs torch alone (au.missing decides, as bench device does); the torch part also torchvision.
+    loaders = ["distributed_h5"] + ([] if au.missing(["torch-dataloader"]) else ["torch-dataloader"])
     measured = [(r["loader"], r["cache"], r["ranks"]) for r in part["rows"]]
     failed = [(e["loader"], e["cache"], e["ranks"]) for e in part["errors"]]
     assert sorted(measured + failed) == sorted((loader, cache, ranks) for cache in ("warm", "cold")
