@@ -240,10 +240,11 @@ def codecs_section(results: Path) -> str:
         bound = "core-bound" if core_supply <= storage / figures["bytes_per_clip"] else "storage-bound"
         file = next((f for f, codec in file_codec.items() if codec == name), "")
         cold = [row for row in rows if (row.file, row.loader, row.cache) == (file, "distributed_h5", "cold")]
+        worth = max((row.samples_per_second for row in cold), default=0.0) / appetite
         measured = (f"measured cold: AU ≥ {AU_TARGET:.2f} up to {kept.get((file, 'distributed_h5', 'cold'), 0)} of "
                     f"{sorted(row.ranks for row in cold)} emulated accelerators; at most "
-                    f"{max(row.samples_per_second for row in cold) / appetite:.1f} accelerators' worth of clips"
-                    if cold else "not measured cold")
+                    f"{worth:.1f} accelerators' worth of clips, {worth / figures['accelerators_fed']:.2f} of the "
+                    "arithmetic's figure" if cold else "not measured cold")
         lines.append(f"- with {cores} cores, {storage / 1e9:.2f} GB/s of storage and a step of {step_ms:g} ms per "
                      f"{batch} clips, codec {name} feeds {figures['accelerators_fed']:.1f} accelerators ({bound}); "
                      f"{measured}.")

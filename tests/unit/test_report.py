@@ -50,7 +50,7 @@ def test_the_codec_section_has_sizes_quality_decode_rates_au_and_the_arithmetic(
     # 16 per 30 ms (533.3 clips/s) is 1.125 accelerators' worth.
     assert lines[-1] == ("- with 2 cores, 0.48 GB/s of storage and a step of 30 ms per 16 clips, codec jpeg feeds 1.1 "
                          "accelerators (core-bound); measured cold: AU ≥ 0.90 up to 1 of [1, 2] emulated accelerators; "
-                         "at most 1.1 accelerators' worth of clips.")
+                         "at most 1.1 accelerators' worth of clips, 1.00 of the arithmetic's figure.")
     assert lines[-2] == ("- with 2 cores, 0.48 GB/s of storage and a step of 30 ms per 16 clips, codec raw feeds 1.5 "
                          "accelerators (storage-bound); not measured cold.")
 
@@ -76,5 +76,5 @@ def test_only_codecs_rewrites_that_section_and_leaves_the_rest(tmp_path):
     report.main([str(results), str(doc), "--only", "codecs"])
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\nio figures\n\n" + report.CODECS_HEADING + "\n\n4 clips of")
-    assert "old figures" not in text and text.endswith("at most 1.1 accelerators' worth of clips.\n\n## Projection\n\nkept\n")
+    assert "old figures" not in text and text.endswith("at most 1.1 accelerators' worth of clips, 1.00 of the arithmetic's figure.\n\n## Projection\n\nkept\n")
     assert report.with_section("# B\n", "## S\n\nnew\n") == "# B\n\n## S\n\nnew\n"  # no such section: appended
