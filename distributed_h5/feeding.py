@@ -1,11 +1,14 @@
 """Feed a rank's training batches to Keras ``fit``: read ahead in order, and measure the wait.
 
-Imports TensorFlow only in :meth:`Feeder.dataset`. Keras reads a PyDataset through
-``tf.data`` with its own prefetch buffer, so the time a training step waits for its batch
-cannot be seen from Python. ``train_model`` instead hands Keras a ``tf.data`` pipeline with
-no buffer of its own around :class:`Feeder`: background threads read the next batches
-ahead, in order, and the step's request for a batch is a call into the feeder, which counts
-how long it blocks. That count is exactly the time training waited for data.
+Imports TensorFlow only in :meth:`Feeder.dataset`. Background threads read the next batches
+ahead, in order. On TensorFlow, :meth:`Feeder.dataset` hands Keras a ``tf.data`` pipeline
+around the feeder with a one-batch buffer (``prefetch=1``, the default), so that each
+batch's hand-off into TensorFlow overlaps the previous step; the time a step waits is timed
+where the step takes its batch, inside that pipeline: a timestamp when the step asks (a
+clock dataset zipped ahead of the batches, which ``zip`` asks first) and one when the batch
+comes out, summed in a variable. That is exactly the time training waited for data. With
+``prefetch=0`` the step's request is a call into the feeder, which counts how long it blocks
+on the read; on JAX the feeder is iterated directly and counts the same.
 
 The batches follow epochs ``first_epoch, first_epoch + 1, ...`` of the plan's order (a pure
 function of seed and epoch), starting at sample position ``start`` of the first one,
@@ -56,18 +59,19 @@ class Feeder:
         augment: the :class:`~distributed_h5.augment.Augment` applied to each training batch,
             its random choices those of (the plan's seed, the batch's epoch, each sample index);
             it is applied in the reading thread, after the read (default None: clips as stored).
-        prefetch: batches :meth:`dataset` buffers in ``tf.data`` (default 0). With 0 the step's
-            request for a batch is the call the feeder times, so ``wait_seconds`` is exactly
-            the steps' wait; each step then also pays the hand-off into TensorFlow (about
-            1.5 ms for a 9.6 MB batch here). With 1 that hand-off overlaps the previous step
-            (`bench au`: AU >= 0.90 up to 12 emulated accelerators instead of 8, docs/BENCHMARKS.md),
-            but the feeder's thread then waits on the reader even while the step computes, so
-            ``wait_seconds`` bounds the steps' wait from above: near 0 it is still 0, and
-            when input-bound it reads high.
+        prefetch: batches :meth:`dataset` buffers in ``tf.data`` (default 1): each batch's
+            hand-off into TensorFlow (about 1.5 ms for a 9.6 MB batch here) overlaps the
+            previous step. ``wait_seconds`` is then timed where the step takes its batch (see
+            the module), so it stays exact: a step that finds its batch ready waits only for
+            the take (about 0.4 ms here). With 0 the step's request is the call the feeder
+            times, and each step also pays the hand-off.
+
+    ``wait_seconds``: the time steps spent waiting for their batch, over every :meth:`dataset`
+    and iteration of this feeder.
     """
 
     def __init__(self, plan: ShardPlan, reader: BatchReader, first_epoch: int = 0, start: int = 0, *,
-                 workers: int = 1, depth: int | None = None, augment: Augment | None = None, prefetch: int = 0):
+                 workers: int = 1, depth: int | None = None, augment: Augment | None = None, prefetch: int = 1):
         if not isinstance(prefetch, (int, np.integer)) or isinstance(prefetch, bool) or prefetch < 0:
             raise ValueError(f"prefetch must be an integer >= 0. Received: prefetch={prefetch!r}")
         self.prefetch = int(prefetch)
@@ -77,7 +81,8 @@ class Feeder:
         self.clip_shape = self.augment.output_shape(reader.info.clip_shape) if self.augment else reader.info.clip_shape
         self.workers = workers
         self.depth = depth or 2 * workers
-        self.wait_seconds = 0.0  # time callers spent blocked on the next batch
+        self._blocked = 0.0  # time callers of __iter__ spent blocked on the next batch
+        self._taken = None  # dataset()'s in-pipeline wait (a tf.Variable of seconds), made at the first one
         self.error: BaseException | None = None  # the first read that failed (see train_model's fit)
 
     @classmethod
@@ -85,6 +90,11 @@ class Feeder:
         """A feeder over a :class:`~distributed_h5.sequence.ShardedSequence`'s plan, reader and augmentation."""
         kwargs.setdefault("augment", getattr(sequence, "augment", None))
         return cls(sequence.plan, sequence.reader(), first_epoch, start, **kwargs)
+
+    @property
+    def wait_seconds(self) -> float:
+        """Seconds the steps waited for their batches so far (see the class)."""
+        return self._blocked + (float(self._taken.numpy()) if self._taken is not None else 0.0)
 
     def restart_at(self, first_epoch: int, start: int = 0) -> None:
         """The next iteration (the next ``fit``) starts at (``first_epoch``, ``start``)."""
@@ -101,6 +111,10 @@ class Feeder:
                 yield epoch, batch
 
     def __iter__(self):
+        return self._batches(timed=True)
+
+    def _batches(self, timed: bool):
+        """The batches, read ahead; ``timed``: add the time blocked on each to ``wait_seconds``."""
         pending = collections.deque()
         indices = self._indices()
         info = self.reader.info
@@ -123,7 +137,8 @@ class Feeder:
                     except Exception as exc:
                         self.error = self.error or exc
                         raise
-                    self.wait_seconds += time.perf_counter() - start
+                    if timed:
+                        self._blocked += time.perf_counter() - start
                     pending.append(pool.submit(read, next(indices)))
                     yield x, y
             finally:
@@ -138,19 +153,29 @@ class Feeder:
         return self.dataset() if keras.backend.backend() == "tensorflow" else iter(self)
 
     def dataset(self):
-        """A ``tf.data.Dataset`` over this feeder, with no prefetch of its own unless
-        ``prefetch`` says (see the class), so that the train step's request for a batch is the
-        call that the feeder times."""
+        """A ``tf.data.Dataset`` over this feeder: ``prefetch`` batches buffered (none with 0), and
+        the steps' wait timed where each takes its batch (see the module)."""
         import tensorflow as tf
 
         info = self.reader.info
         batch = self.plan.batch_size
         signature = (tf.TensorSpec((batch, *self.clip_shape), tf.as_dtype(info.dtype)),
                      tf.TensorSpec((batch, info.classes), tf.float32))
-        dataset = tf.data.Dataset.from_generator(self.__iter__, output_signature=signature)
         options = tf.data.Options()
         options.autotune.enabled = False
         options.experimental_optimization.inject_prefetch = False
-        if self.prefetch:
-            dataset = dataset.prefetch(self.prefetch)
-        return dataset.with_options(options)
+        if not self.prefetch:  # the step's request is the generator's call, timed there
+            return tf.data.Dataset.from_generator(self.__iter__, output_signature=signature).with_options(options)
+        batches = tf.data.Dataset.from_generator(lambda: self._batches(timed=False), output_signature=signature)
+        if self._taken is None:
+            self._taken = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="distributed_h5_data_wait")
+        taken = self._taken
+        # zip asks its inputs in order: the clock's timestamp is the step's request, then the
+        # buffer gives the batch; the time between is what the step waited.
+        asked = tf.data.Dataset.counter().map(lambda _: tf.timestamp())
+
+        def take(asked_at, element):
+            with tf.control_dependencies([taken.assign_add(tf.timestamp() - asked_at)]):
+                return tuple(tf.identity(part) for part in element)
+
+        return tf.data.Dataset.zip((asked, batches.prefetch(self.prefetch))).map(take).with_options(options)

@@ -161,7 +161,7 @@ def train_model(
     split: str | None = None,
     threads: int | None = None,
     workers: int = 1,
-    prefetch: int = 0,
+    prefetch: int = 1,
     allow_unwritten: bool = False,
     verbose: int = 1,
     callbacks: list | None = None,
@@ -224,9 +224,10 @@ def train_model(
             when the file has ``groups``, else ``"random"``. Recorded and checked on resume.
         threads: reader threads per batch (default: usable cores, at most 4).
         workers: batches read ahead in parallel by the feeder (default 1; 2 batches ahead each).
-        prefetch: batches buffered in ``tf.data`` between the feeder and the step (default 0:
-            ``data_wait_fraction`` is then exact; 1 hides each batch's hand-off into TensorFlow,
-            and ``data_wait_fraction`` bounds the wait from above; see :class:`~distributed_h5.feeding.Feeder`).
+        prefetch: batches buffered in ``tf.data`` between the feeder and the step (default 1:
+            each batch's hand-off into TensorFlow overlaps the previous step; 0: none).
+            ``data_wait_fraction`` is exact either way: the wait is timed where the step takes
+            its batch (:class:`~distributed_h5.feeding.Feeder`).
         allow_unwritten: train on a file whose X or Y storage was never written in places
             (they read as the fill value; default False: refused, see :func:`dataset.validate`).
         verbose: Keras progress output on rank 0 (0, 1 or 2).

@@ -40,15 +40,15 @@ for cache in warm cold; do
 done
 distributed-h5 bench au --from-csv "$results/au-warm.csv" "$results/au-cold.csv" --plot "$results/au.png" \
     | tee "$results/au.txt"
-# Beyond 8 emulated accelerators, warm: the peers that held 8, and distributed_h5 with
-# --feeder-prefetch 1 (train --prefetch 1: the hand-off into TensorFlow overlaps the step).
+# Beyond 8 emulated accelerators, warm: the peers that held 8, distributed_h5 as trained
+# (--prefetch 1, the default) and unbuffered (--feeder-prefetch 0: each step pays the hand-off).
 beyond=(distributed-h5 bench au "$data" --ranks "8,10,12" --compute-ms 30 --batch-size 16
         --seconds "${DH5_AU_SECONDS:-5}")
 command=("${beyond[@]}" --loaders "${loaders%,seed}" --csv "$results/au-beyond-default.csv")
 echo "${command[*]}" >"$results/au-beyond.command"
 echo "+ ${command[*]}"
 "${command[@]}"
-command=("${beyond[@]}" --loaders distributed_h5 --feeder-prefetch 1 --csv "$results/au-beyond-prefetch.csv")
+command=("${beyond[@]}" --loaders distributed_h5 --feeder-prefetch 0 --csv "$results/au-beyond-unbuffered.csv")
 echo "${command[*]}" >>"$results/au-beyond.command"
 echo "+ ${command[*]}"
 "${command[@]}"

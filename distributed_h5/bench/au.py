@@ -214,7 +214,7 @@ class Config:
     seed: int = 0
     threads: int | None = None  # distributed_h5: reader threads (None: train_model's default)
     feeder_workers: int = 1  # distributed_h5: Feeder threads (train_model's default)
-    feeder_prefetch: int = 0  # distributed_h5: Feeder.dataset()'s tf.data prefetch (train_model's default, 0)
+    feeder_prefetch: int = 1  # distributed_h5: Feeder.dataset()'s tf.data prefetch (train_model's default, 1)
     torch_workers: int = 1  # torch-dataloader: num_workers (1 beat 2 at 8 ranks on 2 cores)
 
 
@@ -515,7 +515,7 @@ def missing(loaders: Sequence[str]) -> dict[str, str]:
 
 def bench_au(files: Sequence[str], ranks: Sequence[int], *, loaders: Sequence[str] = LOADERS,
              compute_ms: float = 30.0, batch_size: int = 16, cold: bool = False, gradient_mb: float = 0.0,
-             seconds: float = 5.0, threads: int | None = None, feeder_workers: int = 1, feeder_prefetch: int = 0,
+             seconds: float = 5.0, threads: int | None = None, feeder_workers: int = 1, feeder_prefetch: int = 1,
              torch_workers: int = 1, log: Callable[[str], None] = print) -> list[Row]:
     """One row per (file, loader, rank count); the page cache warmed (or, ``cold``, emptied) before each run."""
     from .io import warm

@@ -124,11 +124,13 @@ def au_tables(results: Path) -> str:
 
 
 def au_beyond(results: Path) -> str:
-    """AU at 8, 10 and 12 emulated accelerators, warm: the peers, and distributed_h5 with --feeder-prefetch 1."""
+    """AU at 8, 10 and 12 emulated accelerators, warm: the peers and distributed_h5 at their defaults, and
+    distributed_h5 unbuffered (--feeder-prefetch 0; runs before prefetch 1 became the default: with it)."""
     from .au import AU_TARGET, read_csv
 
-    runs = [(name, label) for name, label in (("au-beyond-default.csv", ""), ("au-beyond-prefetch.csv", ", prefetch 1"))
-            if (results / name).exists()]
+    labelled = (("au-beyond-default.csv", ""), ("au-beyond-prefetch.csv", ", prefetch 1"),
+                ("au-beyond-unbuffered.csv", ", prefetch 0"))
+    runs = [(name, label) for name, label in labelled if (results / name).exists()]
     if not runs:
         return "(no bench-results/au-beyond-*.csv: run `make bench-au`)"
     rows = [(row.loader + label, row) for name, label in runs for row in read_csv(str(results / name))]

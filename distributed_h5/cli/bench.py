@@ -73,8 +73,8 @@ def add_commands(commands) -> None:
                                       "that can run here)")
     au.add_argument("--threads", type=_positive, help="distributed_h5 reader threads (default: train_model's)")
     au.add_argument("--feeder-workers", type=_positive, default=1, help="distributed_h5 Feeder threads (default 1)")
-    au.add_argument("--feeder-prefetch", type=_non_negative_int, default=0,
-                    help="distributed_h5: batches buffered in tf.data (train --prefetch; default 0)")
+    au.add_argument("--feeder-prefetch", type=_non_negative_int, default=1,
+                    help="distributed_h5: batches buffered in tf.data (train --prefetch; default 1)")
     au.add_argument("--torch-workers", type=int, default=1, help="torch-dataloader num_workers (default 1)")
     au.add_argument("--csv", help="write one row per loader and rank count here")
     au.add_argument("--plot", help="write a PNG of AU against rank count here")

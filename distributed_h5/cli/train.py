@@ -75,9 +75,9 @@ def add_commands(commands) -> None:
     train.add_argument("--commit-every", type=_positive, default=8,
                        help="--elastic: steps between in-memory commits (a lost rank costs the steps since the last)")
     train.add_argument("--threads", type=_positive, help="reader threads per rank")
-    train.add_argument("--prefetch", type=_non_negative_int, default=0,
-                       help="batches buffered in tf.data: 1 hides the hand-off of each batch into TensorFlow, "
-                       "but data_wait_fraction then only bounds the wait from above (default 0: exact)")
+    train.add_argument("--prefetch", type=_non_negative_int, default=1,
+                       help="batches buffered in tf.data (default 1: each batch's hand-off into TensorFlow overlaps "
+                       "the previous step; 0: none); data_wait_fraction is timed where the step takes its batch")
     train.add_argument("--allow-unwritten", action="store_true",
                        help="train on a file whose X or Y was never written in places (read as the fill value)")
     _add_tf_threads_argument(train, "TensorFlow threads per rank, horovod engine (default: $DH5_TF_THREADS, else "

@@ -49,6 +49,31 @@ def test_wait_is_the_time_spent_blocked_on_a_slow_read(files, monkeypatch):
     seq.close()
 
 
+def test_with_a_prefetch_buffer_the_wait_is_timed_where_the_step_takes_its_batch(files, monkeypatch):
+    """Reads of 0.05 s. A step that computes 0.25 s finds its next batch ready: it waits only for
+    the take, though the feeder's thread blocked 0.05 s on every read (what was counted before,
+    an upper bound). A step that asks at once waits for the read."""
+    seq = ShardedSequence(files["contiguous"], batch_size=4)
+    reader = seq.reader()
+    real_read = reader.read
+    monkeypatch.setattr(reader, "read", lambda batch, out=None: (time.sleep(0.05), real_read(batch, out))[1])
+    feeder = Feeder.for_sequence(seq, workers=1, depth=1)
+    assert feeder.prefetch == 1  # the default
+    batches = iter(feeder.dataset())
+    next(batches)
+    before = feeder.wait_seconds
+    for _ in range(4):
+        time.sleep(0.25)
+        next(batches)
+    assert 0 <= feeder.wait_seconds - before < 0.05  # four reads of 0.05 s all overlapped the steps
+    before = feeder.wait_seconds
+    for _ in range(6):  # no compute: the buffer and the read ahead hold 2 batches, then each waits a read
+        next(batches)
+    assert 4 * 0.05 * 0.9 <= feeder.wait_seconds - before < 60
+    del batches
+    seq.close()
+
+
 def test_a_resumed_epoch_with_another_global_batch_trains_the_rest_exactly_once():
     """Stopped after 3 global batches of 2 ranks x 4 (24 samples), resumed on 1 rank x 16."""
     from distributed_h5 import sharding
