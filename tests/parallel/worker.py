@@ -40,10 +40,12 @@ class EpochOf(keras.callbacks.Callback):
 
 
 def record_trained_clips(path, info):
-    """Observe the Feeder: train_model's tf.data pipeline has no buffer, so each batch it
-    yields is the batch of the next training step. JPEG blurs the index pixels, so a JPEG
-    file's clips are named by their decoded bytes (every clip of the file decoded once here)."""
-    iterate = Feeder.__iter__
+    """Observe the Feeder where each step takes its batch: on TensorFlow, a map after
+    ``Feeder.dataset()``'s buffer (what it yields is what the steps take; its generator reads
+    one batch ahead); iterated directly (JAX, or no buffer), each batch it yields. JPEG blurs
+    the index pixels, so a JPEG file's clips are named by their decoded bytes (every clip of
+    the file decoded once here)."""
+    iterate, dataset = Feeder.__iter__, Feeder.dataset
     indices = clip_index
     if info.codec == "jpeg":
         with BatchReader(path) as reader:
@@ -59,7 +61,24 @@ def record_trained_clips(path, info):
             TRAINED.append([EPOCH[0], indices(x).tolist()])
             yield x, y
 
-    Feeder.__iter__ = recorded
+    def recorded_dataset(self):
+        import tensorflow as tf
+
+        batches = dataset(self)
+        if not self.prefetch:  # the generator is __iter__, recorded above
+            return batches
+
+        def record(x):
+            TRAINED.append([EPOCH[0], indices(x).tolist()])
+            return np.int64(0)
+
+        def taken(x, y):
+            with tf.control_dependencies([tf.numpy_function(record, [x], tf.int64, stateful=True)]):
+                return tf.identity(x), tf.identity(y)
+
+        return batches.map(taken)
+
+    Feeder.__iter__, Feeder.dataset = recorded, recorded_dataset
 
 
 class SignalAt(keras.callbacks.Callback):
