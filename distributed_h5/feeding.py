@@ -6,7 +6,7 @@ around the feeder with a one-batch buffer (``prefetch=1``, the default), so that
 batch's hand-off into TensorFlow overlaps the previous step; the time a step waits is timed
 where the step takes its batch, inside that pipeline: a timestamp when the step asks (a
 clock dataset zipped ahead of the batches, which ``zip`` asks first) and one when the batch
-comes out, summed in a variable. That is exactly the time training waited for data. With
+comes out, both in the step's own thread (:func:`inline_map`), summed in a variable. That is exactly the time training waited for data. With
 ``prefetch=0`` the step's request is a call into the feeder, which counts how long it blocks
 on the read; on JAX the feeder is iterated directly and counts the same.
 
@@ -171,11 +171,35 @@ class Feeder:
             self._taken = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="distributed_h5_data_wait")
         taken = self._taken
         # zip asks its inputs in order: the clock's timestamp is the step's request, then the
-        # buffer gives the batch; the time between is what the step waited.
-        asked = tf.data.Dataset.counter().map(lambda _: tf.timestamp())
+        # buffer gives the batch; the time between is what the step waited. The clock maps a
+        # repeated constant (Dataset.counter() is a scan: one more function per step on the
+        # thread pool), and both maps run in the step's own thread (see inline_map).
+        zero = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+        asked = inline_map(zero, lambda _: tf.timestamp())
 
         def take(asked_at, element):
             with tf.control_dependencies([taken.assign_add(tf.timestamp() - asked_at)]):
                 return tuple(tf.identity(part) for part in element)
 
-        return tf.data.Dataset.zip((asked, batches.prefetch(self.prefetch))).map(take).with_options(options)
+        return inline_map(tf.data.Dataset.zip((asked, batches.prefetch(self.prefetch))), take).with_options(options)
+
+
+def inline_map(dataset, function):
+    """``dataset.map(function)``, the function run in the thread that asks for the element.
+
+    A public ``map`` runs its function's ops on TensorFlow's inter-op thread pool: a hand-over
+    to another thread and back on each element, which costs a step that has been computing for
+    a while (its caches and that pool's threads gone cold) about 0.6 ms per map on this
+    2-core machine: more than the whole take of a buffered batch (``bench au``'s emulated step,
+    1 rank, 30 ms steps, median take: 2.2-2.3 ms with the two timing maps public, 1.0-1.1 ms
+    inline, 0.9-1.0 ms with no timing at all).
+    The inline form is the ``MapDataset`` kernel's ``use_inter_op_parallelism=False``, which
+    TensorFlow's Python API reaches only through its private ``_MapDataset``; where that is gone
+    (a later TensorFlow; ``tests/unit/test_feeding.py`` checks the pinned one has it) this falls
+    back to the public map, with the same elements and timing, only slower.
+    """
+    try:
+        from tensorflow.python.data.ops.map_op import _MapDataset
+    except ImportError:
+        return dataset.map(function, synchronous=True)
+    return _MapDataset(dataset, function, use_inter_op_parallelism=False)
