@@ -48,7 +48,7 @@ import numpy as np
 import simplejpeg
 
 from .checks import positive_int
-from .preads import DescriptorReader, default_threads, pread_full
+from .preads import DescriptorReader, advise, default_threads, pread_full
 
 CODEC = "jpeg"
 SUBSAMPLINGS = ("444", "420")
@@ -488,6 +488,11 @@ class JpegClips(DescriptorReader):
             raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}. "
                              f"Received: {out.dtype} {out.shape}")
         keys = (indices[:, None] * stored + frames).reshape(-1)  # one per output frame, in output order
+        # Every run of frames adjacent in the file, asked of the disk at once (see preads.advise).
+        breaks = np.flatnonzero(np.diff(keys) != 1) + 1
+        first, last = keys[np.r_[0, breaks]], keys[np.r_[breaks, keys.size] - 1]
+        advise(self._fd, zip((self._base + self.offsets[first]).tolist(),
+                             (self.offsets[last + 1] - self.offsets[first]).tolist()))
         flat = out.reshape(-1, *self.clip_shape[1:])
         per = frames.shape[1]  # output frames per clip
         if self._pool is None or indices.size == 1:

@@ -6,6 +6,7 @@ the lifetime of an open descriptor and thread pool. Imports the standard library
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 
@@ -25,6 +26,24 @@ def pread_full(fd: int, view: memoryview, offset: int) -> int:
             break
         done += got
     return done
+
+
+def advise(fd: int, spans: Iterable[tuple[int, int]]) -> None:
+    """Tell the kernel that every ``(offset, size)`` byte span of ``fd`` is about to be read
+    (``POSIX_FADV_WILLNEED``), so it starts reading them all now.
+
+    The readers call this with a whole batch's spans before their threads read them: from a
+    cold page cache the disk then has every read of the batch queued at once, not one per
+    reader thread. On pages already cached it costs a few microseconds per span. Measured
+    here (``bench au``, cold, 8 emulated accelerators, four alternating runs each): JPEG clips
+    AU 0.218-0.254 with it against 0.196-0.233 without, raw clips 0.67-0.76 against 0.54-0.60
+    in three of four pairs; one rank (where the reads keep up either way) the same.
+    """
+    fadvise = getattr(os, "posix_fadvise", None)  # not on macOS: there the reads are simply not announced
+    if fadvise is None:
+        return
+    for offset, size in spans:
+        fadvise(fd, int(offset), int(size), os.POSIX_FADV_WILLNEED)
 
 
 class DescriptorReader:

@@ -8,7 +8,9 @@ never uses it. At open it looks at how ``X`` is stored and picks one method:
     Uncompressed ``X``, contiguous or chunked in whole clips. The byte offset of every
     clip is known from the dataset's address (or its chunk table, read once), so a batch
     is a few ``os.preadv`` calls straight into the output array, one per run of clips
-    adjacent on disk, spread over threads. No HDF5 call, no lock, no copy.
+    adjacent on disk, spread over threads. No HDF5 call, no lock, no copy. Every byte method
+    first announces the batch's byte spans to the kernel (:func:`.preads.advise`), so that
+    from a cold page cache the disk gets all of the batch's reads at once.
 ``pread+inflate``, ``pread+zstd``
     Gzip- or Zstandard-compressed ``X`` (``hdf5plugin``'s zstd filter; optionally with the
     shuffle filter) chunked one clip per chunk: raw chunks are read the same way and
@@ -48,7 +50,7 @@ from . import jpeg
 from .checks import positive_int
 from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, probe_indices, read_clips, read_labels,
                       validate)
-from .preads import DescriptorReader, default_threads, pread_full
+from .preads import DescriptorReader, advise, default_threads, pread_full
 
 NATIVE = "<" if np.little_endian else ">"
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
@@ -326,6 +328,7 @@ class BatchReader(DescriptorReader):
         else:  # one range per frame taken: never read the frames skipped
             pieces = [(row * window_bytes + t * frame_bytes, int(offset) + t * stride * frame_bytes, frame_bytes)
                       for row, offset in enumerate(clip_offsets.tolist()) for t in range(frames)]
+        advise(self._fd, ((offset, size) for _, offset, size in pieces))
         if self._pool:
             groups = [pieces[i :: self.threads] for i in range(self.threads)]
             for done in [self._pool.submit(self._pread_spans, group, flat) for group in groups if group]:
@@ -370,9 +373,12 @@ class BatchReader(DescriptorReader):
                 for begin in range(start, end, piece)
             ]
             work = self._pread_rows
+            # The batch's runs, asked of the disk at once (see preads.advise).
+            advise(self._fd, ((offsets[start], (end - start) * self.info.clip_bytes) for start, end in zip(starts, ends)))
         else:
             pieces = list(range(indices.size))
             work = self._inflate_rows
+            advise(self._fd, ((self._chunk_offsets[c], self._chunk_sizes[c]) for c in indices.tolist()))
         groups = [pieces[i :: self.threads] for i in range(self.threads)] if self._pool else [pieces]
         if self._pool:
             for done in [self._pool.submit(work, group, indices, rows) for group in groups if group]:

@@ -423,3 +423,24 @@ def test_one_channel_decodes_straight_into_out(tmp_path):
     assert decoded.shape == (2, FRAMES, 1, SIZE, SIZE)
     assert marks(decoded).tolist() == [[4, 5, 6, 7], [0, 1, 2, 3]]
     assert np.array_equal(decoded[0, 2, 0], simplejpeg.decode_jpeg(encode_clip(data[1])[2], "GRAY")[:, :, 0])
+
+
+def test_a_batch_s_frames_are_asked_of_the_disk_before_any_is_read(clip_file, monkeypatch):
+    """From a cold page cache every read of the batch is queued at once (POSIX_FADV_WILLNEED on
+    each run of adjacent frames), not one per thread: the spans asked are exactly those read."""
+    with JpegClips(clip_file, threads=2) as reader:
+        events = []
+        fadvise, preadv = os.posix_fadvise, os.preadv
+        monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: events.append(
+            ("advise", offset, size, advice)) or fadvise(fd, offset, size, advice))
+        monkeypatch.setattr(os, "preadv", lambda fd, views, offset: events.append(
+            ("read", offset, sum(map(len, views)), None)) or preadv(fd, views, offset))
+        reader.read(np.array([4, 1, 5]), frames=np.array([[3, 1], [0, 1], [2, 2]]))
+        base = reader._base
+        spans = [(base + int(reader.offsets[first]), int(reader.offsets[last + 1] - reader.offsets[first]))
+                 for first, last in [(4 * FRAMES + 3,) * 2, (4 * FRAMES + 1,) * 2, (FRAMES, FRAMES + 1),
+                                     (5 * FRAMES + 2,) * 2, (5 * FRAMES + 2,) * 2]]
+    kinds = [kind for kind, *_ in events]
+    assert kinds == ["advise"] * 5 + ["read"] * 5
+    assert [event[1:] for event in events[:5]] == [(*span, os.POSIX_FADV_WILLNEED) for span in spans]
+    assert sorted(event[1:3] for event in events[5:]) == sorted(spans)

@@ -350,3 +350,33 @@ def test_a_corrupt_zstd_chunk_is_one_line_naming_it(files, tmp_path):
         with pytest.raises(DatasetError) as failed:
             reader.read(np.array([49, 50]))
     assert str(failed.value).startswith(f"{broken}: chunk 50 of 'X' does not decompress (zstd) (corrupt?): ")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "zstd"])
+def test_a_batch_is_asked_of_the_disk_before_any_of_it_is_read(files, layout, monkeypatch):
+    """From a cold page cache every read of the batch is queued at once (POSIX_FADV_WILLNEED on each
+    run of adjacent clips, or each compressed chunk), not one per reader thread."""
+    import os
+
+    batch = np.array([5, 9, 10, 11, 40, 196])
+    with BatchReader(files[layout], threads=3) as reader:
+        events = []
+        fadvise, preadv = os.posix_fadvise, os.preadv
+        monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: events.append(
+            ("advise", offset, size, advice)) or fadvise(fd, offset, size, advice))
+        monkeypatch.setattr(os, "preadv", lambda fd, views, offset: events.append(
+            ("read", offset, sum(map(len, views)), None)) or preadv(fd, views, offset))
+        x, _ = reader.read(batch)
+        assert clip_index(x).tolist() == batch.tolist()
+        if layout == "contiguous":  # runs [5], [9, 10, 11], [40], [196]
+            clip = reader.info.clip_bytes
+            spans = [(int(reader._file_offsets(np.array([first]))[0]), count * clip)
+                     for first, count in [(5, 1), (9, 3), (40, 1), (196, 1)]]
+        else:
+            spans = [(int(reader._chunk_offsets[i]), int(reader._chunk_sizes[i])) for i in batch]
+    advised = [event for event in events if event[0] == "advise"]
+    assert events[: len(advised)] == advised  # every span asked before the first read
+    assert [event[1:] for event in advised] == [(*span, os.POSIX_FADV_WILLNEED) for span in spans]
+    reads = sorted(event[1:3] for event in events[len(advised):])
+    assert sum(size for _, size in reads) == sum(size for _, size in spans)
+    assert all(any(o <= offset and offset + size <= o + s for o, s in spans) for offset, size in reads)
