@@ -37,6 +37,19 @@ def files(tmp_path_factory):
 TIER_MARKERS = {"parallel": "parallel", "slurm": "slurm"}  # tests/<folder>/ -> marker declared in pyproject.toml
 
 
+@pytest.fixture
+def disk_events(monkeypatch):
+    """Every ``os.posix_fadvise`` and ``os.preadv`` call from here on, in order, as
+    ``(kind, offset, bytes, advice)``: "advise" (advice given) or "read" (advice None). The calls still run."""
+    events = []
+    fadvise, preadv = os.posix_fadvise, os.preadv
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: events.append(
+        ("advise", offset, size, advice)) or fadvise(fd, offset, size, advice))
+    monkeypatch.setattr(os, "preadv", lambda fd, views, offset: events.append(
+        ("read", offset, sum(map(len, views)), None)) or preadv(fd, views, offset))
+    return events
+
+
 def pytest_collection_modifyitems(config, items):
     # Mark each test by the tier folder it lives in, so `-m 'not slurm'` or `-m parallel` select tiers.
     tests_root = os.path.dirname(__file__)

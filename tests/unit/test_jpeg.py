@@ -425,16 +425,11 @@ def test_one_channel_decodes_straight_into_out(tmp_path):
     assert np.array_equal(decoded[0, 2, 0], simplejpeg.decode_jpeg(encode_clip(data[1])[2], "GRAY")[:, :, 0])
 
 
-def test_a_batch_s_frames_are_asked_of_the_disk_before_any_is_read(clip_file, monkeypatch):
+def test_a_batch_s_frames_are_asked_of_the_disk_before_any_is_read(clip_file, request):
     """From a cold page cache every read of the batch is queued at once (POSIX_FADV_WILLNEED on
     each run of adjacent frames), not one per thread: the spans asked are exactly those read."""
     with JpegClips(clip_file, threads=2) as reader:
-        events = []
-        fadvise, preadv = os.posix_fadvise, os.preadv
-        monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: events.append(
-            ("advise", offset, size, advice)) or fadvise(fd, offset, size, advice))
-        monkeypatch.setattr(os, "preadv", lambda fd, views, offset: events.append(
-            ("read", offset, sum(map(len, views)), None)) or preadv(fd, views, offset))
+        events = request.getfixturevalue("disk_events")  # from here on: not the open's reads
         reader.read(np.array([4, 1, 5]), frames=np.array([[3, 1], [0, 1], [2, 2]]))
         base = reader._base
         spans = [(base + int(reader.offsets[first]), int(reader.offsets[last + 1] - reader.offsets[first]))

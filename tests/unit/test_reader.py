@@ -353,19 +353,14 @@ def test_a_corrupt_zstd_chunk_is_one_line_naming_it(files, tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "zstd"])
-def test_a_batch_is_asked_of_the_disk_before_any_of_it_is_read(files, layout, monkeypatch):
+def test_a_batch_is_asked_of_the_disk_before_any_of_it_is_read(files, layout, request):
     """From a cold page cache every read of the batch is queued at once (POSIX_FADV_WILLNEED on each
     run of adjacent clips, or each compressed chunk), not one per reader thread."""
     import os
 
     batch = np.array([5, 9, 10, 11, 40, 196])
     with BatchReader(files[layout], threads=3) as reader:
-        events = []
-        fadvise, preadv = os.posix_fadvise, os.preadv
-        monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: events.append(
-            ("advise", offset, size, advice)) or fadvise(fd, offset, size, advice))
-        monkeypatch.setattr(os, "preadv", lambda fd, views, offset: events.append(
-            ("read", offset, sum(map(len, views)), None)) or preadv(fd, views, offset))
+        events = request.getfixturevalue("disk_events")  # from here on: not the open's reads
         x, _ = reader.read(batch)
         assert clip_index(x).tolist() == batch.tolist()
         if layout == "contiguous":  # runs [5], [9, 10, 11], [40], [196]
