@@ -6,9 +6,10 @@ around the feeder with a one-batch buffer (``prefetch=1``, the default), so that
 batch's hand-off into TensorFlow overlaps the previous step; the time a step waits is timed
 where the step takes its batch, inside that pipeline: a timestamp when the step asks (a
 clock dataset zipped ahead of the batches, which ``zip`` asks first) and one when the batch
-comes out, both in the step's own thread (:func:`inline_map`), summed in a variable. That is exactly the time training waited for data. With
-``prefetch=0`` the step's request is a call into the feeder, which counts how long it blocks
-on the read; on JAX the feeder is iterated directly and counts the same.
+comes out, both in the step's own thread (:func:`inline_map`), summed in a variable. That is
+exactly the time training waited for data. With ``prefetch=0`` the step's request is a call
+into the feeder, which counts how long it blocks on the read; on JAX the feeder is iterated
+directly and counts the same.
 
 The batches follow epochs ``first_epoch, first_epoch + 1, ...`` of the plan's order (a pure
 function of seed and epoch), starting at sample position ``start`` of the first one,

@@ -48,7 +48,7 @@ import numpy as np
 import simplejpeg
 
 from .checks import positive_int
-from .preads import DescriptorReader, advise, default_threads, pread_full
+from .preads import DescriptorReader, advise, default_threads, pread_full, runs
 
 CODEC = "jpeg"
 SUBSAMPLINGS = ("444", "420")
@@ -489,8 +489,8 @@ class JpegClips(DescriptorReader):
                              f"Received: {out.dtype} {out.shape}")
         keys = (indices[:, None] * stored + frames).reshape(-1)  # one per output frame, in output order
         # Every run of frames adjacent in the file, asked of the disk at once (see preads.advise).
-        breaks = np.flatnonzero(np.diff(keys) != 1) + 1
-        first, last = keys[np.r_[0, breaks]], keys[np.r_[breaks, keys.size] - 1]
+        starts, ends = runs(keys)
+        first, last = keys[starts], keys[ends - 1]
         advise(self._fd, zip((self._base + self.offsets[first]).tolist(),
                              (self.offsets[last + 1] - self.offsets[first]).tolist()))
         flat = out.reshape(-1, *self.clip_shape[1:])
@@ -522,8 +522,7 @@ class JpegClips(DescriptorReader):
     def _decode_share(self, worker: int, keys: np.ndarray, begin: int, end: int, flat: np.ndarray) -> None:
         """Decode output frames [begin, end): one pread per run of frames adjacent in the file."""
         share = keys[begin:end]
-        breaks = np.flatnonzero(np.diff(share) != 1) + 1
-        for run_start, run_end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, share.size].tolist()):
+        for run_start, run_end in zip(*(bounds.tolist() for bounds in runs(share))):
             first, last = int(share[run_start]), int(share[run_end - 1])
             starts = self.offsets[first : last + 2]
             view = self._pread(worker, int(starts[0]), int(starts[-1] - starts[0]))

@@ -1,6 +1,7 @@
 """What the two readers that bypass HDF5 share (:class:`.reader.BatchReader` and
-:class:`.jpeg.JpegClips`): the default thread count, a ``preadv`` that fills its buffer, and
-the lifetime of an open descriptor and thread pool. Imports the standard library only.
+:class:`.jpeg.JpegClips`): the default thread count, the runs of adjacent keys in a batch,
+a ``preadv`` that fills its buffer, the announcement of a batch's reads to the kernel, and the
+lifetime of an open descriptor and thread pool. Imports numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -9,10 +10,18 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 
 def default_threads() -> int:
     """Reader and decoder threads when none are asked for: the usable cores, at most 4."""
     return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def runs(keys: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end positions of the runs in ``keys`` where each key is the previous + ``step``."""
+    breaks = np.flatnonzero(np.diff(keys) != step) + 1
+    return np.r_[0, breaks], np.r_[breaks, keys.size]
 
 
 def pread_full(fd: int, view: memoryview, offset: int) -> int:

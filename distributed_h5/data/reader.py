@@ -50,7 +50,7 @@ from . import jpeg
 from .checks import positive_int
 from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, probe_indices, read_clips, read_labels,
                       validate)
-from .preads import DescriptorReader, advise, default_threads, pread_full
+from .preads import DescriptorReader, advise, default_threads, pread_full, runs
 
 NATIVE = "<" if np.little_endian else ">"
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
@@ -68,12 +68,6 @@ def _zstd_decompress(raw: bytearray, size: int) -> bytes:
     import zstandard  # releases the GIL while it decompresses, as zlib does
 
     return zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
-
-
-def _runs(keys: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end positions of the runs in ``keys`` where each key is the previous + ``step``."""
-    breaks = np.flatnonzero(np.diff(keys) != step) + 1
-    return np.r_[0, breaks], np.r_[breaks, keys.size]
 
 
 class BatchReader(DescriptorReader):
@@ -354,7 +348,7 @@ class BatchReader(DescriptorReader):
         if self.method == "jpeg":
             return self._decoding(lambda: self._jpeg.read(indices, out))
         if self.method == "hdf5":
-            starts, ends = _runs(indices, 1)
+            starts, ends = runs(indices)
             try:
                 for start, end in zip(starts, ends):
                     self._x.read_direct(out, np.s_[indices[start] : indices[end - 1] + 1], np.s_[start:end])
@@ -364,7 +358,7 @@ class BatchReader(DescriptorReader):
         rows = out.view(np.uint8).reshape(indices.size, self.info.clip_bytes)
         if self.method == "pread":
             offsets = self._file_offsets(indices)
-            starts, ends = _runs(offsets, self.info.clip_bytes)
+            starts, ends = runs(offsets, self.info.clip_bytes)
             # Split long runs so every thread gets a share of a batch that is one run on disk.
             piece = -(-indices.size // self.threads)
             pieces = [
@@ -374,7 +368,7 @@ class BatchReader(DescriptorReader):
             ]
             work = self._pread_rows
             # The batch's runs, asked of the disk at once (see preads.advise).
-            advise(self._fd, ((offsets[start], (end - start) * self.info.clip_bytes) for start, end in zip(starts, ends)))
+            advise(self._fd, zip(offsets[starts].tolist(), ((ends - starts) * self.info.clip_bytes).tolist()))
         else:
             pieces = list(range(indices.size))
             work = self._inflate_rows
