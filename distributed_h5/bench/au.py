@@ -202,6 +202,49 @@ def check_eviction(path: str) -> tuple[float, float]:
     return warm_rate, cold_rate
 
 
+def concurrent_read(path: str, readers: int, block: int, seconds: float = 3.0, seed: int = 0) -> tuple[int, float]:
+    """(bytes, seconds) that ``readers`` threads read from ``path`` right after :func:`evict`, each
+    ``block`` bytes at a time at random block offsets, every block of the file at most once, for
+    at most ``seconds`` (or the whole file); evicts again.
+
+    The storage figure the codec arithmetic needs: what many loaders reading clip-size pieces at
+    once draw, ``fio --rw=randread --bs=B --numjobs=N`` on a user's machine. It can be several
+    times one sequential stream (:func:`sequential_read_rate`): 8 ranks drew 1.41 GB/s of raw
+    clips from a disk that gave one stream 0.26 GB/s (docs/DATA.md).
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    if not isinstance(readers, int) or readers < 1 or not isinstance(block, int) or block < 1:
+        raise ValueError(f"readers and block must be integers >= 1. Received: readers={readers!r}, block={block!r}")
+    size = os.path.getsize(path)
+    offsets = iter((np.random.default_rng(seed).permutation(-(-size // block)) * block).tolist())
+    lock = threading.Lock()
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+
+        def read() -> int:
+            view, done = memoryview(bytearray(block)), 0
+            while time.perf_counter() - start < seconds:
+                with lock:
+                    offset = next(offsets, None)
+                if offset is None:
+                    break
+                done += os.preadv(fd, [view], offset)
+            return done
+
+        with ThreadPoolExecutor(readers) as pool:
+            done = sum(pool.map(lambda _: read(), range(readers)))
+        return done, time.perf_counter() - start
+    finally:
+        os.close(fd)
+        evict(path)
+
+
 # --- the loaders (inside a rank) ------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:

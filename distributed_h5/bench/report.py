@@ -228,15 +228,15 @@ def codecs_section(results: Path) -> str:
     lines += [f"- `{loader}`: {settings}" for loader, settings in dict.fromkeys((r.loader, r.settings) for r in rows)]
     lines += ["", "The arithmetic (`distributed_h5.bench.codecs.accelerators_fed`): accelerators fed = "
               "min(C × r, D / b) / (1000 × B / S), with C cores, r the clips/s one core decodes (the 1-thread "
-              "column), D the storage's bytes/s (here the cold sequential read), b the bytes per clip, and a step of "
+              f"column), D the storage's bytes/s ({_storage_words(report)}), b the bytes per clip, and a step of "
               "S ms per B clips. Against it, what was measured cold: the most ranks `distributed_h5` kept at "
               f"AU ≥ {AU_TARGET:.2f}, and its cold throughput in accelerators' worth (samples/s ÷ (1000 × B / S)) "
               "at the most ranks measured, where the decoder or the storage is the limit, "
               "and at its best.", ""]
-    storage = report.get("storage_bytes_per_second")
     step_ms, batch = report.get("compute_ms", first.compute_ms), report.get("batch_size", first.batch_size)
     appetite = 1000.0 * batch / step_ms
     for name, figures in codecs.items():
+        storage = figures.get("storage_bytes_per_second", report.get("storage_bytes_per_second"))
         if storage is None or "accelerators_fed" not in figures:
             continue
         core_supply = cores * figures["clips_per_second"]["1"]
@@ -257,6 +257,17 @@ def codecs_section(results: Path) -> str:
                      f"{batch} clips, codec {name} feeds {figures['accelerators_fed']:.1f} accelerators ({bound}); "
                      f"{measured}.")
     return "\n".join(lines) + "\n"
+
+
+def _storage_words(report: dict) -> str:
+    """Where the codec section's D came from: each file read by the loaders' many readers (since
+    :func:`~distributed_h5.bench.au.concurrent_read`), or one sequential stream (older results)."""
+    readers = report.get("storage_readers")
+    if readers is None:
+        return "here the cold sequential read"
+    return (f"here what {readers} readers drew from each codec's file right after eviction, reading clip-size "
+            f"blocks at random, as the loaders at the most ranks do; one sequential stream gave "
+            f"{report['sequential_bytes_per_second'] / 1e9:.2f} GB/s")
 
 
 def with_section(text: str, section: str) -> str:

@@ -246,3 +246,23 @@ def test_the_peers_read_each_clip_as_the_package_does_with_h5py_and_simplejpeg(f
     assert [label for _, label in clips] == np.argmax(labels, axis=1).tolist()
     assert dataset.clips.decodes == (layout != "clip-chunks")
     dataset.clips.close()
+
+
+def test_the_concurrent_read_reads_every_block_once_after_evicting_and_evicts_again(tmp_path, disk_events):
+    path = tmp_path / "blocks.bin"
+    path.write_bytes(bytes(range(256)) * 3907)  # 1,000,192 bytes: 15 blocks of 65,536 and a 16,152-byte tail
+    done, seconds = au.concurrent_read(str(path), readers=3, block=65536, seconds=60.0)
+    assert done == 1_000_192 and 0 < seconds < 60
+    reads = [event for event in disk_events if event[0] == "read"]
+    assert sorted(offset for _, offset, _, _ in reads) == [65536 * k for k in range(16)]
+    assert {size for *_, size, _ in reads} == {65536}  # each read asks a whole block; the last gets the tail
+    evictions = [index for index, event in enumerate(disk_events) if event[0] == "advise"]
+    assert disk_events[evictions[0]][1:] == (0, 0, au.os.POSIX_FADV_DONTNEED) and evictions[0] < disk_events.index(reads[0])
+    assert disk_events[-1][1:] == (0, 0, au.os.POSIX_FADV_DONTNEED)
+
+
+@pytest.mark.parametrize("readers, block", [(0, 4096), (2, 0), (2.0, 4096)])
+def test_the_concurrent_read_refuses_what_it_cannot_do(tmp_path, readers, block):
+    (tmp_path / "x.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=f"readers and block must be integers >= 1. Received: readers={readers!r}"):
+        au.concurrent_read(str(tmp_path / "x.bin"), readers, block)
