@@ -48,7 +48,7 @@ import numpy as np
 import simplejpeg
 
 from .checks import positive_int
-from .preads import DescriptorReader, advise, default_threads, pread_full, runs
+from .preads import DescriptorReader, default_threads, pread_full, runs
 
 CODEC = "jpeg"
 SUBSAMPLINGS = ("444", "420")
@@ -491,7 +491,7 @@ class JpegClips(DescriptorReader):
         # Every run of frames adjacent in the file, asked of the disk at once (see preads.advise).
         starts, ends = runs(keys)
         first, last = keys[starts], keys[ends - 1]
-        advise(self._fd, zip((self._base + self.offsets[first]).tolist(),
+        self._advise(zip((self._base + self.offsets[first]).tolist(),
                              (self.offsets[last + 1] - self.offsets[first]).tolist()))
         flat = out.reshape(-1, *self.clip_shape[1:])
         per = frames.shape[1]  # output frames per clip

@@ -50,7 +50,7 @@ from . import jpeg
 from .checks import positive_int
 from .dataset import (DatasetError, DatasetInfo, non_finite_clip, open_file, probe_indices, read_clips, read_labels,
                       validate)
-from .preads import DescriptorReader, advise, default_threads, pread_full, runs
+from .preads import DescriptorReader, default_threads, pread_full, runs
 
 NATIVE = "<" if np.little_endian else ">"
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
@@ -322,7 +322,7 @@ class BatchReader(DescriptorReader):
         else:  # one range per frame taken: never read the frames skipped
             pieces = [(row * window_bytes + t * frame_bytes, int(offset) + t * stride * frame_bytes, frame_bytes)
                       for row, offset in enumerate(clip_offsets.tolist()) for t in range(frames)]
-        advise(self._fd, ((offset, size) for _, offset, size in pieces))
+        self._advise((offset, size) for _, offset, size in pieces)
         if self._pool:
             groups = [pieces[i :: self.threads] for i in range(self.threads)]
             for done in [self._pool.submit(self._pread_spans, group, flat) for group in groups if group]:
@@ -368,11 +368,11 @@ class BatchReader(DescriptorReader):
             ]
             work = self._pread_rows
             # The batch's runs, asked of the disk at once (see preads.advise).
-            advise(self._fd, zip(offsets[starts].tolist(), ((ends - starts) * self.info.clip_bytes).tolist()))
+            self._advise(zip(offsets[starts].tolist(), ((ends - starts) * self.info.clip_bytes).tolist()))
         else:
             pieces = list(range(indices.size))
             work = self._inflate_rows
-            advise(self._fd, ((self._chunk_offsets[c], self._chunk_sizes[c]) for c in indices.tolist()))
+            self._advise((self._chunk_offsets[c], self._chunk_sizes[c]) for c in indices.tolist())
         groups = [pieces[i :: self.threads] for i in range(self.threads)] if self._pool else [pieces]
         if self._pool:
             for done in [self._pool.submit(work, group, indices, rows) for group in groups if group]:

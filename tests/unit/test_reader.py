@@ -375,3 +375,68 @@ def test_a_batch_is_asked_of_the_disk_before_any_of_it_is_read(files, layout, re
     reads = sorted(event[1:3] for event in events[len(advised):])
     assert sum(size for _, size in reads) == sum(size for _, size in spans)
     assert all(any(o <= offset and offset + size <= o + s for o, s in spans) for offset, size in reads)
+
+
+def test_a_span_longer_than_the_readahead_window_is_announced_whole(tmp_path):
+    """Linux reads ahead at most one readahead window per WILLNEED call and drops the rest
+    (here 8 MiB of a 32 MiB span in one call): advise calls once per window, and the kernel
+    then has every page of the span (util-linux's fincore counts them)."""
+    import os
+    import subprocess
+    import time
+
+    from distributed_h5.data.preads import advise, readahead_bytes
+
+    path = tmp_path / "span.bin"
+    size = 32 << 20
+    with open(path, "wb") as handle:
+        handle.write(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())  # dirty pages would stay cached through the eviction
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+        def resident() -> int:
+            return int(subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                                      capture_output=True, text=True, check=True).stdout)
+
+        assert resident() == 0
+        advise(fd, [(0, size)], readahead_bytes(fd))
+        deadline = time.monotonic() + 30
+        while resident() < size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert resident() == size
+    finally:
+        os.close(fd)
+
+
+def test_the_reader_announces_a_run_in_pieces_of_the_readahead_window(files, disk_events):
+    """A run of 100 adjacent clips (614,400 bytes) is announced in windows that tile it exactly."""
+    import os
+
+    from distributed_h5.data.preads import READAHEAD_BYTES, readahead_bytes
+
+    with BatchReader(files["contiguous"], threads=2) as reader:
+        assert readahead_bytes(reader._fd) % 4096 == 0 and readahead_bytes(reader._fd) >= 4096
+        reader._readahead = 100_000  # a window shorter than the run
+        opened = len(disk_events)  # the open's probe reads a few clips
+        reader.read(np.arange(20, 120))
+        start = int(reader._file_offsets(np.array([20]))[0])
+    advised = [event[1:] for event in disk_events[opened:] if event[0] == "advise"]
+    assert advised == [(start + k * 100_000, 100_000, os.POSIX_FADV_WILLNEED) for k in range(6)] + [
+        (start + 600_000, 14_400, os.POSIX_FADV_WILLNEED)]
+    assert READAHEAD_BYTES == 128 << 10
+
+
+def test_the_readahead_window_is_linux_s_default_where_sysfs_does_not_say():
+    import os
+
+    from distributed_h5.data.preads import readahead_bytes
+
+    read, write = os.pipe()  # a pipe has no backing device
+    try:
+        assert readahead_bytes(read) == 128 << 10
+    finally:
+        os.close(read)
+        os.close(write)
