@@ -196,11 +196,13 @@ def inline_map(dataset, function):
     inline, 0.9-1.0 ms with no timing at all).
     The inline form is the ``MapDataset`` kernel's ``use_inter_op_parallelism=False``, which
     TensorFlow's Python API reaches only through its private ``_MapDataset``; where that is gone
-    (a later TensorFlow; ``tests/unit/test_feeding.py`` checks the pinned one has it) this falls
-    back to the public map, with the same elements and timing, only slower.
+    or takes other arguments (a later TensorFlow; ``tests/unit/test_feeding.py`` checks the
+    pinned one has it) this falls back to the public map, with the same elements and timing,
+    only slower.
     """
     try:
         from tensorflow.python.data.ops.map_op import _MapDataset
-    except ImportError:
+
+        return _MapDataset(dataset, function, use_inter_op_parallelism=False)
+    except (ImportError, TypeError):
         return dataset.map(function, synchronous=True)
-    return _MapDataset(dataset, function, use_inter_op_parallelism=False)
