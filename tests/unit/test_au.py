@@ -248,21 +248,32 @@ def test_the_peers_read_each_clip_as_the_package_does_with_h5py_and_simplejpeg(f
     dataset.clips.close()
 
 
-def test_the_concurrent_read_reads_every_block_once_after_evicting_and_evicts_again(tmp_path, disk_events):
+def test_the_concurrent_read_reads_every_block_once_in_announced_batches_between_evictions(tmp_path, disk_events):
     path = tmp_path / "blocks.bin"
     path.write_bytes(bytes(range(256)) * 3907)  # 1,000,192 bytes: 15 blocks of 65,536 and a 16,152-byte tail
-    done, seconds = au.concurrent_read(str(path), readers=3, block=65536, seconds=60.0)
+    done, seconds = au.concurrent_read(str(path), readers=3, block=65536, seconds=60.0, batch=4)
     assert done == 1_000_192 and 0 < seconds < 60
-    reads = [event for event in disk_events if event[0] == "read"]
-    assert sorted(offset for _, offset, _, _ in reads) == [65536 * k for k in range(16)]
-    assert {size for *_, size, _ in reads} == {65536}  # each read asks a whole block; the last gets the tail
-    evictions = [index for index, event in enumerate(disk_events) if event[0] == "advise"]
-    assert disk_events[evictions[0]][1:] == (0, 0, au.os.POSIX_FADV_DONTNEED) and evictions[0] < disk_events.index(reads[0])
-    assert disk_events[-1][1:] == (0, 0, au.os.POSIX_FADV_DONTNEED)
+    assert disk_events[0][1:] == disk_events[-1][1:] == (0, 0, au.os.POSIX_FADV_DONTNEED)
+    blocks = [65536 * k for k in range(16)]
+    reads = [event[1:3] for event in disk_events if event[0] == "read"]
+    assert sorted(reads) == [(offset, 65536) for offset in blocks]  # the tail's read asks a whole block
+    announced = [event[1:] for event in disk_events[1:-1] if event[0] == "advise"]
+    assert sorted(announced) == [(offset, 65536, au.os.POSIX_FADV_WILLNEED) for offset in blocks]
+    for index, event in enumerate(disk_events):  # each block announced before it is read
+        if event[0] == "read":
+            assert ("advise", event[1], 65536, au.os.POSIX_FADV_WILLNEED) in disk_events[:index]
 
 
-@pytest.mark.parametrize("readers, block", [(0, 4096), (2, 0), (2.0, 4096)])
-def test_the_concurrent_read_refuses_what_it_cannot_do(tmp_path, readers, block):
+def test_the_concurrent_read_stops_at_its_seconds(tmp_path, disk_events):
+    (tmp_path / "x.bin").write_bytes(bytes(65536))
+    assert au.concurrent_read(str(tmp_path / "x.bin"), readers=2, block=4096, seconds=0.0)[0] == 0
+    assert [event[0] for event in disk_events] == ["advise", "advise"]  # the two evictions, no read
+
+
+@pytest.mark.parametrize("readers, block, batch, name", [(0, 4096, 16, "readers"), (2, 0, 16, "block"),
+                                                         (2.0, 4096, 16, "readers"), (2, 4096, 0, "batch")])
+def test_the_concurrent_read_refuses_what_it_cannot_do(tmp_path, readers, block, batch, name):
     (tmp_path / "x.bin").write_bytes(b"x")
-    with pytest.raises(ValueError, match=f"readers and block must be integers >= 1. Received: readers={readers!r}"):
-        au.concurrent_read(str(tmp_path / "x.bin"), readers, block)
+    value = dict(readers=readers, block=block, batch=batch)[name]
+    with pytest.raises(ValueError, match=f"^{name} must be an integer >= 1. Received: {name}={value!r}$"):
+        au.concurrent_read(str(tmp_path / "x.bin"), readers, block, batch=batch)

@@ -62,13 +62,14 @@ def test_the_arithmetic_takes_each_codec_s_storage_rate_from_the_loaders_many_re
     results = _results(tmp_path)
     report_json = json.loads((results / "codecs.json").read_text())
     del report_json["storage_bytes_per_second"]
-    report_json.update(storage_readers=16, sequential_bytes_per_second=0.26e9)
+    report_json.update(storage_readers=8, sequential_bytes_per_second=0.26e9)
     report_json["codecs"]["raw"].update(storage_bytes_per_second=1.2e9, accelerators_fed=3.7368)
     report_json["codecs"]["jpeg"].update(storage_bytes_per_second=0.04e9, accelerators_fed=0.9375)
     (results / "codecs.json").write_text(json.dumps(report_json))
     lines = report.codecs_section(results).splitlines()
-    assert ("D the storage's bytes/s (here what 16 readers drew from each codec's file right after eviction, reading "
-            "clip-size blocks at random, as the loaders at the most ranks do; one sequential stream gave 0.26 GB/s)"
+    assert ("D the storage's bytes/s (here what 8 readers drew from each codec's file right after eviction, each "
+            "announcing and reading batches of 16 clip-size blocks at random, as that many ranks' readers do; one "
+            "sequential stream gave 0.26 GB/s)"
             in next(line for line in lines if line.startswith("The arithmetic")))
     # jpeg: 0.04e9 / 80,000 = 500 clips/s < 2 x 300: storage-bound now; raw: 1.2e9 / 602,112 = 1,993 < 12,000.
     assert lines[-2].startswith("- with 2 cores, 1.20 GB/s of storage and a step of 30 ms per 16 clips, codec raw "
