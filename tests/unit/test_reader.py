@@ -440,3 +440,14 @@ def test_the_readahead_window_is_linux_s_default_where_sysfs_does_not_say():
     finally:
         os.close(read)
         os.close(write)
+
+
+@pytest.mark.parametrize("layout", ["gzip", "zstd"])
+def test_compressed_chunks_are_read_into_one_buffer_per_thread_not_a_fresh_one_each(files, layout):
+    with BatchReader(files[layout], threads=1) as reader:  # one thread: the caller's
+        assert reader.method in ("pread+inflate", "pread+zstd")
+        x, _ = reader.read(np.array([3, 4, 90]))
+        buffer = reader._local.buffer
+        x2, _ = reader.read(np.array([7, 150, 196]))
+        assert reader._local.buffer is buffer and len(buffer) >= max(reader._chunk_sizes[[3, 4, 90, 7, 150, 196]])
+        assert clip_index(x).tolist() == [3, 4, 90] and clip_index(x2).tolist() == [7, 150, 196]
