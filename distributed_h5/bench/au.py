@@ -212,8 +212,7 @@ def concurrent_read(path: str, readers: int, block: int, seconds: float = 3.0, b
 
     The storage figure the codec arithmetic needs: what as many ranks as measured draw at once
     (on a user's machine, ``fio --rw=randread --bs=B --iodepth=16 --numjobs=N`` comes close). It
-    can be several times one sequential stream (:func:`sequential_read_rate`): 8 ranks drew
-    1.41 GB/s of raw clips from a disk that gave one stream 0.26 GB/s (docs/DATA.md).
+    can be several times one sequential stream (:func:`sequential_read_rate`).
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor
