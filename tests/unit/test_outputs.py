@@ -68,18 +68,28 @@ def test_make_synthetic_leaves_no_partial_when_interrupted(tmp_path):
     import signal
     import time
 
-    out = tmp_path / "big.h5"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "big.h5"
     argv = ["make-synthetic", out, "--samples", 3000, "--frames", 16, "--size", 64, 64]  # 590 MB
-    process = subprocess.Popen([sys.executable, "-m", "distributed_h5.cli", *map(str, argv)],
-                               stderr=subprocess.DEVNULL)
-    partial = tmp_path / "big.h5.partial"
-    deadline = time.monotonic() + 60
-    while not partial.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert partial.exists()
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
-    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    # Its stderr kept for the failure's message: one CI run saw this exit 0 with big.h5 written
+    # (2026-12-03, under the full suite's load; never reproduced alone or with the cores busy).
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "distributed_h5.cli", *map(str, argv)], stderr=stderr,
+                                   stdout=subprocess.PIPE, text=True)
+        partial = folder / "big.h5.partial"
+        deadline = time.monotonic() + 60
+        while not partial.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert partial.exists()
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=60)
+        stderr.seek(0)
+        tail = stderr.read()[-2000:]
+    assert status == 130, (f"exit {status} {time.monotonic() - signalled:.2f} s after SIGINT; stdout "
+                           f"{process.stdout.read()!r}; stderr ends {tail!r}")
+    assert sorted(path.name for path in folder.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
