@@ -72,11 +72,13 @@ def test_make_synthetic_leaves_no_partial_when_interrupted(tmp_path):
     folder.mkdir()
     out = folder / "big.h5"
     argv = ["make-synthetic", out, "--samples", 3000, "--frames", 16, "--size", 64, 64]  # 590 MB
-    # Its stderr kept for the failure's message: one CI run saw this exit 0 with big.h5 written
-    # (2026-12-03, under the full suite's load; never reproduced alone or with the cores busy).
+    # SIGINT as a terminal gives it, whatever this suite inherited: a suite started in the
+    # background of a script (`bash .ci/run &`) ignores SIGINT, its children inherit that, and
+    # Python then installs no KeyboardInterrupt; make-synthetic ran on and wrote big.h5.
     with open(tmp_path / "stderr.txt", "w+") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "distributed_h5.cli", *map(str, argv)], stderr=stderr,
-                                   stdout=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         partial = folder / "big.h5.partial"
         deadline = time.monotonic() + 60
         while not partial.exists() and time.monotonic() < deadline:
