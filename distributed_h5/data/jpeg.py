@@ -447,7 +447,6 @@ class JpegClips(DescriptorReader):
         self._frame_shape = (rows, cols, channels)
         self.threads = threads
         self._scratch = [np.empty(self._frame_shape, dtype=np.uint8) for _ in range(threads)]
-        self._buffers = [np.empty(0, dtype=np.uint8) for _ in range(threads)]  # grown to the longest run read
         self._fd = os.open(self.data_path, os.O_RDONLY)
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="distributed_h5-jpeg")
@@ -525,16 +524,14 @@ class JpegClips(DescriptorReader):
         for run_start, run_end in zip(*(bounds.tolist() for bounds in runs(share))):
             first, last = int(share[run_start]), int(share[run_end - 1])
             starts = self.offsets[first : last + 2]
-            view = self._pread(worker, int(starts[0]), int(starts[-1] - starts[0]))
+            view = self._pread(int(starts[0]), int(starts[-1] - starts[0]))
             relative = (starts - starts[0]).tolist()
             for step in range(run_end - run_start):
                 self._decode(worker, view[relative[step] : relative[step + 1]], first + step,
                              flat[begin + run_start + step])
 
-    def _pread(self, worker: int, offset: int, size: int) -> memoryview:
-        if self._buffers[worker].size < size:
-            self._buffers[worker] = np.empty(max(size, 2 * self._buffers[worker].size), dtype=np.uint8)
-        view = memoryview(self._buffers[worker])[:size]
+    def _pread(self, offset: int, size: int) -> memoryview:
+        view = self._buffer(size)
         done = pread_full(self._fd, view, self._base + offset)
         if done < size:
             raise ValueError(f"{self.data_path}: unexpected end of file at byte {self._base + offset + done} "

@@ -7,6 +7,7 @@ lifetime of an open descriptor and thread pool. Imports numpy and the standard l
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -104,6 +105,17 @@ class DescriptorReader:
         if self._readahead is None:
             self._readahead = readahead_bytes(self._fd)
         advise(self._fd, spans, self._readahead)
+
+    def _buffer(self, size: int) -> memoryview:
+        """``size`` bytes of the calling thread's read buffer, reused from read to read and grown
+        (doubling) as needed: a fresh one per read (zero-filled, new pages) cost the zstd clips
+        of bench codecs a fifth of their decode rate (a throwaway loop over 256 of its chunks:
+        0.81-1.13k clips/s with a fresh buffer, 1.20-1.32k reusing one)."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        buffer = getattr(local, "buffer", None)
+        if buffer is None or len(buffer) < size:
+            buffer = local.buffer = bytearray(max(size, 2 * len(buffer or b"")))
+        return memoryview(buffer)[:size]
 
     def close(self) -> None:
         if self._pool is not None:

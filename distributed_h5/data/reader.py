@@ -40,7 +40,6 @@ clip) through the same method, reading only the window's bytes where the layout 
 from __future__ import annotations
 
 import os
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -94,7 +93,6 @@ class BatchReader(DescriptorReader):
         self._file = open_file(path, locking=locking)
         self._fd = None
         self._pool = None
-        self._local = threading.local()  # each thread's buffer for compressed chunks (_chunk_buffer)
         self._jpeg = None
         self.threads = 1
         try:
@@ -400,21 +398,11 @@ class BatchReader(DescriptorReader):
         for begin, end, offset in pieces:
             self._pread(memoryview(rows[begin:end]).cast("B"), int(offset))
 
-    def _chunk_buffer(self, size: int) -> memoryview:
-        """``size`` bytes of this thread's buffer for a compressed chunk, grown as needed: a fresh
-        one per chunk (zero-filled, new pages) cost the zstd clips of bench codecs a fifth of
-        their decode rate (a throwaway loop over 256 of its chunks: 0.81-1.13k clips/s with a
-        fresh buffer, 1.20-1.32k reusing one)."""
-        buffer = getattr(self._local, "buffer", None)
-        if buffer is None or len(buffer) < size:
-            buffer = self._local.buffer = bytearray(max(size, 2 * len(buffer or b"")))
-        return memoryview(buffer)[:size]
-
     def _inflate_rows(self, pieces, indices, rows) -> None:
         itemsize = self.info.dtype.itemsize
         for row in pieces:
             chunk = int(indices[row])
-            raw = self._chunk_buffer(int(self._chunk_sizes[chunk]))
+            raw = self._buffer(int(self._chunk_sizes[chunk]))
             self._pread(raw, int(self._chunk_offsets[chunk]))
             try:
                 clip = np.frombuffer(self._decompress(raw, self.info.clip_bytes), dtype=np.uint8)
