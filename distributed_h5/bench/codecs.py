@@ -246,11 +246,9 @@ def main(argv=None) -> int:
         for name, path in paths.items():
             done, seconds = au.concurrent_read(str(path), readers, round(report["codecs"][name]["bytes_per_clip"]),
                                                args.seconds)
-            report["codecs"][name]["storage_bytes_per_second"] = done / seconds
-            print(f"{name:<5} cold, {readers} readers of batches of 16 clip-size blocks: {done / seconds / 1e9:.2f} GB/s",
+            storage = report["codecs"][name]["storage_bytes_per_second"] = done / seconds
+            print(f"{name:<5} cold, {readers} readers of batches of 16 clip-size blocks: {storage / 1e9:.2f} GB/s",
                   flush=True)
-        for name in paths:
-            storage = report["codecs"][name]["storage_bytes_per_second"]
             fed = accelerators_fed(cores=cores, core_rate=report["codecs"][name]["clips_per_second"][1],
                                    storage_bytes_per_second=storage,
                                    clip_bytes=report["codecs"][name]["bytes_per_clip"], step_ms=args.compute_ms,

@@ -266,9 +266,8 @@ def _storage_words(report: dict) -> str:
     if readers is None:
         return "here the cold sequential read"
     return (f"here what {readers} readers drew from each codec's file right after eviction, each announcing and "
-            f"reading batches of 16 clip-size blocks at random, as that many ranks' readers do; one sequential "
-            f"stream gave "
-            f"{report['sequential_bytes_per_second'] / 1e9:.2f} GB/s")
+            "reading batches of 16 clip-size blocks at random, as that many ranks' readers do; one sequential "
+            f"stream gave {report['sequential_bytes_per_second'] / 1e9:.2f} GB/s")
 
 
 def with_section(text: str, section: str) -> str:
